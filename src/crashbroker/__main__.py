@@ -1,0 +1,5 @@
+"""``python -m crashbroker`` runs the CLI."""
+
+from crashbroker.cli import main
+
+raise SystemExit(main())

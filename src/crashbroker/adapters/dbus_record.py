@@ -1,0 +1,65 @@
+"""Crash records as D-Bus ``a{sv}`` dictionaries (the keys of the contract in design.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from dbus_fast import Variant
+
+from crashbroker.domain.model import Crash
+
+# key -> (D-Bus signature, getter); the order is the documented order of the record.
+_FIELDS: dict[str, tuple[str, Any]] = {
+    "id": ("s", lambda c: c.id),
+    "boot_id": ("s", lambda c: c.entry.boot_id),
+    "pid": ("u", lambda c: c.entry.pid),
+    "uid": ("u", lambda c: c.entry.uid),
+    "gid": ("u", lambda c: c.entry.gid),
+    "signal": ("u", lambda c: c.entry.signal),
+    "signal_name": ("s", lambda c: c.entry.signal_name),
+    "timestamp": ("t", lambda c: c.entry.timestamp),
+    "realtime": ("t", lambda c: c.entry.realtime),
+    "exe": ("s", lambda c: c.entry.exe),
+    "comm": ("s", lambda c: c.entry.comm),
+    "cmdline": ("s", lambda c: c.entry.cmdline),
+    "unit": ("s", lambda c: c.entry.unit),
+    "user_unit": ("s", lambda c: c.entry.user_unit),
+    "hostname": ("s", lambda c: c.entry.hostname),
+    "machine_id": ("s", lambda c: c.entry.machine_id),
+    "journal_cursor": ("s", lambda c: c.entry.cursor),
+    "core_filename": ("s", lambda c: c.entry.core_filename),
+    "core_available": ("b", lambda c: bool(c.entry.core_filename) or c.entry.core_in_journal),
+    "core_truncated": ("b", lambda c: c.entry.truncated),
+    "kcrash": ("a{ss}", lambda c: dict(c.kcrash)),
+    "kcrash_complete": ("b", lambda c: c.kcrash_complete),
+    "kcrash_source": ("s", lambda c: c.kcrash_source),
+    "kcrash_filled": ("as", lambda c: list(c.kcrash_filled)),
+    "metadata_path": ("s", lambda c: c.metadata_path),
+    "app_name": ("s", lambda c: c.app_name),
+    "bug_address": ("s", lambda c: c.bug_address),
+    "state": ("s", lambda c: c.state.value),
+    "claimed_by": ("s", lambda c: c.claimed_by),
+    "signature": ("s", lambda c: c.signature),
+    "occurrences": ("u", lambda c: c.occurrences),
+    "past": ("b", lambda c: c.past),
+    "detected": ("t", lambda c: c.detected),
+}
+RECORD_KEYS = tuple(_FIELDS)
+
+
+def to_record(crash: Crash, keys: Iterable[str] | None = None) -> dict[str, Variant]:
+    """The crash (or only ``keys`` of it) as ``a{sv}``."""
+    wanted = RECORD_KEYS if keys is None else keys
+    return {k: Variant(_FIELDS[k][0], _FIELDS[k][1](crash)) for k in wanted}
+
+
+def unwrap(value: Any) -> Any:
+    """Variants (nested in dicts and lists) to plain Python values, e.g. for JSON output."""
+    if isinstance(value, Variant):
+        return unwrap(value.value)
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value

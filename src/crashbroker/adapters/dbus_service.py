@@ -1,0 +1,160 @@
+"""``org.kde.crashbroker1.Manager`` on the session bus: translation only.
+
+Each method unpacks its arguments, calls the broker, and packs the answer. Every
+:class:`RequestError` becomes the named error ``org.kde.crashbroker1.Error.<Name>``; anything else
+is logged here once and answered with ``…Error.Failed`` and no traceback.
+"""
+
+# No ``from __future__ import annotations`` here: dbus-fast reads the annotations at runtime, and
+# a postponed ``-> None`` reaches it as the string "None", which it turns into a None signature.
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any, Protocol
+
+from dbus_fast import DBusError, Variant
+from dbus_fast.annotations import DBusBool, DBusDict, DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
+
+from crashbroker.adapters.dbus_names import MANAGER_INTERFACE, error_name
+from crashbroker.adapters.dbus_record import to_record, unwrap
+from crashbroker.domain.errors import InvalidArgs, NotSupported, RequestError
+from crashbroker.domain.model import Crash
+from crashbroker.domain.query import CrashFilter
+
+logger = logging.getLogger(__name__)
+
+DBusRecords = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
+DBusCrashEvent = Annotated[list[Any], DBusSignature("sa{sv}")]
+MAX_HANDLER_CHARS = 256
+
+
+class Manager(Protocol):
+    """What the service needs from the broker."""
+
+    caught_up: bool
+
+    @property
+    def crash_count(self) -> int: ...
+
+    def list_crashes(self, flt: CrashFilter) -> list[Crash]: ...
+
+    def get_crash(self, crash_id: str) -> Crash: ...
+
+    def dismiss(self, crash_id: str) -> None: ...
+
+    def dismiss_all(self) -> int: ...
+
+    def claim(self, crash_id: str, handler: str) -> bool: ...
+
+    def stats_dict(self) -> dict[str, int]: ...
+
+
+@contextmanager
+def _translated(member: str) -> Iterator[None]:
+    try:
+        yield
+    except RequestError as exc:
+        raise DBusError(error_name(exc.name), exc.detail) from None
+    except DBusError:
+        raise
+    except Exception:
+        logger.exception("%s failed", member)
+        raise DBusError(error_name("Failed"), f"{member} failed; see the daemon's log") from None
+
+
+class ManagerInterface(ServiceInterface):
+    """The exported Manager object; also the broker's :class:`~crashbroker.ports.Publisher`."""
+
+    def __init__(self, manager: Manager, version: str) -> None:
+        super().__init__(MANAGER_INTERFACE)
+        self._manager = manager
+        self._version = version
+
+    # ---- methods ----------------------------------------------------------------------------
+
+    @dbus_method(name="ListCrashes")
+    def list_crashes(self, filter: DBusDict) -> DBusRecords:
+        with _translated("ListCrashes"):
+            flt = CrashFilter.parse(unwrap(filter))
+            return [to_record(c) for c in self._manager.list_crashes(flt)]
+
+    @dbus_method(name="GetCrash")
+    def get_crash(self, crash_id: DBusStr) -> DBusDict:
+        with _translated("GetCrash"):
+            return to_record(self._manager.get_crash(crash_id))
+
+    @dbus_method(name="Dismiss")
+    def dismiss(self, crash_id: DBusStr) -> None:
+        with _translated("Dismiss"):
+            self._manager.dismiss(crash_id)
+
+    @dbus_method(name="DismissAll")
+    def dismiss_all(self) -> None:
+        with _translated("DismissAll"):
+            self._manager.dismiss_all()
+
+    @dbus_method(name="Claim")
+    def claim(self, crash_id: DBusStr, handler: DBusStr) -> DBusBool:
+        with _translated("Claim"):
+            if not handler or len(handler) > MAX_HANDLER_CHARS:
+                raise InvalidArgs(f"handler must be 1..{MAX_HANDLER_CHARS} characters")
+            return self._manager.claim(crash_id, handler)
+
+    @dbus_method(name="GetBacktrace")
+    def get_backtrace(self, crash_id: DBusStr) -> DBusStr:
+        with _translated("GetBacktrace"):
+            self._manager.get_crash(crash_id)
+            raise NotSupported("backtraces are not implemented yet")
+
+    @dbus_method(name="GetStats")
+    def get_stats(self) -> DBusDict:
+        with _translated("GetStats"):
+            return {k: Variant("t", v) for k, v in self._manager.stats_dict().items()}
+
+    # ---- properties -------------------------------------------------------------------------
+
+    @dbus_property(access=PropertyAccess.READ, name="Version")
+    def version(self) -> DBusStr:
+        return self._version
+
+    @dbus_property(access=PropertyAccess.READ, name="CrashCount")
+    def crash_count(self) -> DBusUInt32:
+        return self._manager.crash_count
+
+    @dbus_property(access=PropertyAccess.READ, name="CaughtUp")
+    def caught_up(self) -> DBusBool:
+        return self._manager.caught_up
+
+    # ---- signals ----------------------------------------------------------------------------
+
+    @dbus_signal(name="CrashDetected")
+    def _crash_detected(self, crash_id: str, record: dict[str, Variant]) -> DBusCrashEvent:
+        return [crash_id, record]
+
+    @dbus_signal(name="CrashUpdated")
+    def _crash_updated(self, crash_id: str, changed: dict[str, Variant]) -> DBusCrashEvent:
+        return [crash_id, changed]
+
+    @dbus_signal(name="CrashRemoved")
+    def _crash_removed(self, crash_id: str) -> DBusStr:
+        return crash_id
+
+    # ---- Publisher --------------------------------------------------------------------------
+
+    def crash_detected(self, crash: Crash) -> None:
+        self._crash_detected(crash.id, to_record(crash))
+
+    def crash_updated(self, crash: Crash, changed: Sequence[str]) -> None:
+        self._crash_updated(crash.id, to_record(crash, changed))
+
+    def crash_removed(self, crash_id: str) -> None:
+        self._crash_removed(crash_id)
+
+    def properties_changed(self, names: Sequence[str]) -> None:
+        values = {
+            "CrashCount": lambda: Variant("u", self._manager.crash_count),
+            "CaughtUp": lambda: Variant("b", self._manager.caught_up),
+        }
+        self.emit_properties_changed({n: values[n]().value for n in names if n in values})

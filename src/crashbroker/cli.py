@@ -1,0 +1,365 @@
+"""The ``crashbroker`` command: the daemon, and a client of its session-bus interface.
+
+Exit codes: 0 success; 1 the request failed (e.g. no such crash); 2 usage error; 3 the daemon
+is not on the bus (or there is no session bus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from crashbroker import __version__
+from crashbroker.adapters.dbus_names import (
+    BUS_NAME,
+    ERROR_PREFIX,
+    MANAGER_INTERFACE,
+    OBJECT_PATH,
+)
+from crashbroker.adapters.dbus_record import unwrap
+from crashbroker.adapters.journal import CatchUp
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NO_DAEMON = 3
+
+_NOT_RUNNING = (
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+)
+
+
+class ClientError(Exception):
+    """A D-Bus call failed; ``name`` is the D-Bus error name."""
+
+    def __init__(self, name: str, text: str) -> None:
+        self.name = name
+        self.text = text
+        super().__init__(f"{name}: {text}")
+
+
+class Client:
+    """A thin client of ``org.kde.crashbroker1.Manager``."""
+
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+
+    async def call(self, member: str, signature: str = "", body: Sequence[Any] = ()) -> Any:
+        reply = await self.bus.call(
+            Message(
+                destination=BUS_NAME,
+                path=OBJECT_PATH,
+                interface=MANAGER_INTERFACE,
+                member=member,
+                signature=signature,
+                body=list(body),
+            )
+        )
+        assert reply is not None
+        if reply.message_type == MessageType.ERROR:
+            text = reply.body[0] if reply.body else ""
+            raise ClientError(reply.error_name or "", str(text))
+        return reply.body[0] if len(reply.body) == 1 else reply.body
+
+    async def resolve(self, crash_id: str) -> str:
+        """Accept a unique id prefix, as git does for commits."""
+        crashes = await self.call(
+            "ListCrashes", "a{sv}", [{"include_dismissed": Variant("b", True)}]
+        )
+        ids: list[str] = [unwrap(c["id"]) for c in crashes]
+        if crash_id in ids:
+            return crash_id
+        matches = [i for i in ids if i.startswith(crash_id)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ClientError(ERROR_PREFIX + "InvalidArgs", f"{crash_id!r} is ambiguous")
+        raise ClientError(ERROR_PREFIX + "NoSuchCrash", f"no crash with id {crash_id!r}")
+
+
+def _fmt_time(usec: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(usec / 1_000_000))
+
+
+def print_table(crashes: list[dict[str, Any]], out: TextIO) -> None:
+    if not crashes:
+        print("No crashes.", file=out)
+        return
+    rows = [("ID", "TIME", "PID", "SIGNAL", "APP", "EXE", "STATE", "KCRASH")]
+    for c in crashes:
+        rows.append(
+            (
+                c["id"],
+                _fmt_time(c["timestamp"]),
+                str(c["pid"]),
+                c["signal_name"],
+                c["app_name"],
+                c["exe"],
+                c["state"] + (" (past)" if c["past"] else ""),
+                "yes" if c["kcrash"] else "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip(), file=out)
+
+
+def print_crash(c: dict[str, Any], out: TextIO) -> None:
+    lines = [
+        ("Crash", c["id"]),
+        ("Application", c["app_name"]),
+        ("Executable", c["exe"]),
+        ("Command line", c["cmdline"]),
+        ("PID / UID", f"{c['pid']} / {c['uid']}"),
+        ("Signal", f"{c['signal']} ({c['signal_name']})"),
+        ("Time", _fmt_time(c["timestamp"])),
+        ("Boot", c["boot_id"]),
+        ("Host", c["hostname"]),
+        ("Unit", c["unit"] or c["user_unit"] or "-"),
+        ("Core", c["core_filename"] or ("in the journal" if c["core_available"] else "none")),
+        ("State", c["state"] + (f" by {c['claimed_by']}" if c["claimed_by"] else "")),
+        ("Signature", f"{c['signature']} (seen {c['occurrences']}x)"),
+        ("Bug address", c["bug_address"] or "-"),
+        ("Journal cursor", c["journal_cursor"]),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        print(f"{k.rjust(width)}: {v}", file=out)
+    if c["kcrash"]:
+        source = c["kcrash_source"] + ("" if c["kcrash_complete"] else ", incomplete")
+        print(f"{'KCrash'.rjust(width)}: ({source}) {c['metadata_path']}", file=out)
+        for k, v in sorted(c["kcrash"].items()):
+            filled = " (from journal)" if k in c["kcrash_filled"] else ""
+            print(f"{'':>{width}}  {k}={v}{filled}", file=out)
+
+
+async def _connect(address: str | None) -> MessageBus:
+    bus = MessageBus(bus_address=address) if address else MessageBus(bus_type=BusType.SESSION)
+    return await bus.connect()
+
+
+async def client_main(args: argparse.Namespace) -> int:
+    try:
+        bus = await _connect(args.bus_address)
+    except Exception as exc:  # any reason we cannot reach a bus means the same to a user
+        print(f"crashbroker: cannot connect to the session bus: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    client = Client(bus)
+    try:
+        return int(await args.handler(client, args))
+    except ClientError as exc:
+        if exc.name in _NOT_RUNNING:
+            print(
+                f"crashbroker: the daemon is not running ({BUS_NAME} has no owner on the "
+                "session bus). Start it with 'crashbroker daemon' or "
+                "'systemctl --user start crashbroker'.",
+                file=sys.stderr,
+            )
+            return EXIT_NO_DAEMON
+        name = exc.name.removeprefix(ERROR_PREFIX)
+        print(f"crashbroker: {name}: {exc.text}", file=sys.stderr)
+        return EXIT_USAGE if name == "InvalidArgs" else EXIT_FAILED
+    finally:
+        bus.disconnect()
+
+
+async def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    flt: dict[str, Variant] = {}
+    if args.all:
+        flt["include_dismissed"] = Variant("b", True)
+    if args.exe:
+        flt["exe"] = Variant("s", args.exe)
+    if args.state:
+        flt["state"] = Variant("s", args.state)
+    if args.limit:
+        flt["limit"] = Variant("u", args.limit)
+    if args.since is not None:
+        flt["since"] = Variant("t", int((time.time() - args.since) * 1_000_000))
+    crashes = unwrap(await client.call("ListCrashes", "a{sv}", [flt]))
+    if args.json:
+        json.dump(crashes, sys.stdout)
+        print()
+    else:
+        print_table(crashes, sys.stdout)
+    return EXIT_OK
+
+
+async def cmd_show(client: Client, args: argparse.Namespace) -> int:
+    crash_id = await client.resolve(args.id)
+    crash = unwrap(await client.call("GetCrash", "s", [crash_id]))
+    if args.json:
+        json.dump(crash, sys.stdout)
+        print()
+    else:
+        print_crash(crash, sys.stdout)
+    return EXIT_OK
+
+
+async def cmd_dismiss(client: Client, args: argparse.Namespace) -> int:
+    if args.all:
+        await client.call("DismissAll")
+        return EXIT_OK
+    if not args.ids:
+        print("crashbroker dismiss: give crash ids or --all", file=sys.stderr)
+        return EXIT_USAGE
+    for raw in args.ids:
+        await client.call("Dismiss", "s", [await client.resolve(raw)])
+    return EXIT_OK
+
+
+async def cmd_stats(client: Client, args: argparse.Namespace) -> int:
+    stats = unwrap(await client.call("GetStats"))
+    if args.json:
+        json.dump(stats, sys.stdout)
+        print()
+    else:
+        for k, v in stats.items():
+            print(f"{k}: {v}")
+    return EXIT_OK
+
+
+async def cmd_watch(client: Client, args: argparse.Namespace) -> int:
+    """Print one JSON line per signal until interrupted, the bus goes, or ``--count`` lines."""
+    bus = client.bus
+    done = asyncio.Event()
+    seen = 0
+    rule = f"type='signal',sender='{BUS_NAME}',interface='{MANAGER_INTERFACE}',path='{OBJECT_PATH}'"
+
+    def on_message(msg: Message) -> None:
+        nonlocal seen
+        if msg.message_type != MessageType.SIGNAL or msg.interface != MANAGER_INTERFACE:
+            return
+        body = unwrap(msg.body)
+        event: dict[str, Any] = {"signal": msg.member, "id": body[0]}
+        if len(body) > 1:
+            event["crash" if msg.member == "CrashDetected" else "changed"] = body[1]
+        print(json.dumps(event), flush=True)
+        seen += 1
+        if args.count and seen >= args.count:
+            done.set()
+
+    bus.add_message_handler(on_message)
+    await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="AddMatch",
+            signature="s",
+            body=[rule],
+        )
+    )
+    if not args.quiet:
+        owner = await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="NameHasOwner",
+                signature="s",
+                body=[BUS_NAME],
+            )
+        )
+        if owner is not None and owner.body and not owner.body[0]:
+            print(f"crashbroker: waiting for {BUS_NAME} to appear…", file=sys.stderr)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, done.set)
+    gone = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+    waiter = asyncio.ensure_future(done.wait())
+    try:
+        await asyncio.wait([gone, waiter], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (gone, waiter):
+            t.cancel()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return EXIT_OK if waiter.done() and not waiter.cancelled() else EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crashbroker", description="Crash feed on the session bus (org.kde.crashbroker1)."
+    )
+    parser.add_argument("--version", action="version", version=f"crashbroker {__version__}")
+    parser.add_argument("--bus-address", help="D-Bus address (default: the session bus)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("daemon", help="run the broker")
+    d.add_argument("--journal-dir", type=Path, help="follow journal files in this directory")
+    d.add_argument("--state-dir", type=Path, help="default: $XDG_STATE_HOME/crashbroker")
+    d.add_argument("--cache-home", type=Path, help="KCrash's cache home (default: $XDG_CACHE_HOME)")
+    d.add_argument(
+        "--catch-up",
+        type=CatchUp,
+        choices=list(CatchUp),
+        help="first start: index this boot (default for the local journal), all, or none",
+    )
+    d.add_argument("--all-users", action="store_true", help="publish every user's crashes")
+    d.add_argument("--grace-ms", type=int, help="wait this long for KCrash metadata (default 1000)")
+    d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    ls = sub.add_parser("list", help="list crashes, newest first")
+    ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    ls.add_argument("--all", action="store_true", help="include dismissed crashes")
+    ls.add_argument("--exe", help="only this executable (path or basename)")
+    ls.add_argument("--state", choices=["new", "claimed", "dismissed"])
+    ls.add_argument("--limit", type=int)
+    ls.add_argument("--since", type=float, metavar="SECONDS", help="only the last SECONDS")
+    ls.set_defaults(handler=cmd_list)
+
+    sh = sub.add_parser("show", help="show one crash")
+    sh.add_argument("id", help="crash id (a unique prefix is enough)")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(handler=cmd_show)
+
+    w = sub.add_parser("watch", help="print one JSON line per crash signal")
+    w.add_argument("--count", type=int, default=0, help="exit after this many signals")
+    w.add_argument("--quiet", action="store_true")
+    w.set_defaults(handler=cmd_watch)
+
+    dm = sub.add_parser("dismiss", help="dismiss crashes (removes their KCrash files)")
+    dm.add_argument("ids", nargs="*")
+    dm.add_argument("--all", action="store_true")
+    dm.set_defaults(handler=cmd_dismiss)
+
+    st = sub.add_parser("stats", help="the daemon's counters (forged entries dropped, ...)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(handler=cmd_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "daemon":
+        from crashbroker import daemon
+        from crashbroker.config import Config
+
+        logging.basicConfig(
+            level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
+        config = Config.from_env(
+            os.environ,
+            state_dir=args.state_dir,
+            cache_home=args.cache_home,
+            journal_dir=args.journal_dir,
+            catch_up=args.catch_up or (CatchUp.ALL if args.journal_dir else None),
+            all_users=args.all_users or None,
+            grace_ms=args.grace_ms,
+            bus_address=args.bus_address,
+        )
+        return daemon.main(config)
+    return asyncio.run(client_main(args))

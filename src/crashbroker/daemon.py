@@ -1,0 +1,148 @@
+"""Composition root: builds the adapters, wires the broker, runs until told to stop.
+
+Order (each cleanup is registered the moment its resource exists):
+store → journal (positioned) → broker → bus connection → exported object → bus name (last, so
+``Type=dbus`` readiness means fully set up) → one TaskGroup with the journal pump and the timer.
+SIGTERM/SIGINT only set an event. Losing the bus ends the run with a failure exit, so systemd
+restarts us; the stored cursor means nothing is lost meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from contextlib import AsyncExitStack
+
+from dbus_fast import BusType, RequestNameReply
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import NameFlag
+
+from crashbroker import __version__
+from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH
+from crashbroker.adapters.dbus_service import ManagerInterface
+from crashbroker.adapters.journal import JournalSource
+from crashbroker.adapters.metadata_dir import MetadataDir
+from crashbroker.adapters.store import CrashStore
+from crashbroker.broker import Broker
+from crashbroker.config import Config, coredump_writer_uids
+from crashbroker.domain.correlator import Correlator
+from crashbroker.domain.entry import TrustPolicy
+from crashbroker.domain.errors import CrashBrokerError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_NAME_TAKEN = 3
+
+
+class NameTaken(CrashBrokerError):
+    """Another process owns the bus name."""
+
+
+def _monotonic_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+def _wall_us() -> int:
+    return time.time_ns() // 1000
+
+
+async def _bus_gone(bus: MessageBus) -> None:
+    """Returns when the bus connection ends, however it ends."""
+    try:
+        await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+    except Exception as exc:  # the reason the connection ended, not a bug of ours
+        logger.error("bus connection ended: %s", exc)
+
+
+async def run(config: Config) -> int:
+    """Run the daemon until SIGTERM/SIGINT (exit 0) or until the bus goes away (exit 1)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+            stack.callback(loop.remove_signal_handler, signum)
+
+        store = CrashStore(config.database)
+        stack.callback(store.close)
+        source = JournalSource(
+            directory=config.journal_dir, cursor=store.cursor(), catch_up=config.catch_up
+        )
+        source.open()
+        stack.callback(source.close)
+        broker = Broker(
+            store=store,
+            metadata=MetadataDir(config.cache_home),
+            policy=TrustPolicy(
+                writer_uids=coredump_writer_uids(),
+                own_uid=None if config.all_users else os.getuid(),
+            ),
+            correlator=Correlator(grace_us=config.grace_ms * 1000),
+            monotonic=_monotonic_us,
+            wall=_wall_us,
+        )
+
+        bus = (
+            MessageBus(bus_address=config.bus_address)
+            if config.bus_address
+            else MessageBus(bus_type=BusType.SESSION)
+        )
+        # dbus-fast needs disconnect() even when connect() fails half-way (bleak's note).
+        stack.callback(bus.disconnect)
+        await bus.connect()
+        interface = ManagerInterface(broker, __version__)
+        bus.export(OBJECT_PATH, interface)
+        stack.callback(bus.unexport, OBJECT_PATH, interface)
+        broker.publisher = interface
+
+        reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise NameTaken(f"{BUS_NAME} is already owned by another process")
+        logger.info(
+            "crashbroker %s on the bus as %s; journal %s; state %s",
+            __version__,
+            BUS_NAME,
+            config.journal_dir or "local",
+            config.database,
+        )
+
+        bus_lost = False
+        async with asyncio.TaskGroup() as tg:
+            workers = [
+                tg.create_task(broker.run_journal(source.batches()), name="journal"),
+                tg.create_task(broker.run_timers(), name="timers"),
+            ]
+            stopping = tg.create_task(stop.wait(), name="stop")
+            disconnected = tg.create_task(_bus_gone(bus), name="bus")
+            await asyncio.wait([stopping, disconnected], return_when=asyncio.FIRST_COMPLETED)
+            bus_lost = disconnected.done()
+            for task in (*workers, stopping, disconnected):
+                task.cancel()
+        if bus_lost:
+            logger.error("lost the session bus; exiting so the service manager restarts us")
+            return EXIT_FAILURE
+        logger.info("stopping")
+    return EXIT_OK
+
+
+def main(config: Config) -> int:
+    """Run the daemon; map failures to exit codes with one clear log line."""
+    try:
+        return asyncio.run(run(config))
+    except NameTaken as exc:
+        logger.error("%s", exc)
+        return EXIT_NAME_TAKEN
+    except CrashBrokerError as exc:
+        logger.error("%s", exc)
+    except OSError as exc:
+        logger.error("cannot connect to the session bus: %s", exc)
+    except ExceptionGroup as group:
+        # A worker failed: logged once here; the service manager restarts us.
+        for failure in group.exceptions:
+            logger.error("worker failed", exc_info=failure)
+    return EXIT_FAILURE

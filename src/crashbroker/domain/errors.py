@@ -1,0 +1,86 @@
+"""The one exception root of crashbroker.
+
+Tree::
+
+    CrashBrokerError
+    ├── MetadataError           a KCrash/DrKonqi metadata file was refused or could not be parsed
+    │                           (``path``, ``reason``)
+    ├── JournalError            the journal could not be opened or positioned
+    ├── StoreError              the crash store failed (disk full, corrupt database, ...)
+    └── RequestError            a caller asked for something that cannot be done; each subclass
+        │                       maps to one named D-Bus error
+        ├── NoSuchCrash         (``crash_id``)
+        ├── InvalidArgs         (``detail``)
+        ├── AccessDenied        (``detail``)
+        └── NotSupported        (``detail``)
+
+Exceptions carry structured attributes; callers never parse message text.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class CrashBrokerError(Exception):
+    """Root of every error crashbroker raises on purpose."""
+
+
+class MetadataReason(enum.Enum):
+    """Why a metadata file was not used."""
+
+    NOT_FOUND = "not-found"
+    NOT_REGULAR = "not-a-regular-file"
+    SYMLINK = "symlink"
+    TOO_LARGE = "too-large"
+    UNREADABLE = "unreadable"
+    MALFORMED = "malformed"
+    EXE_MISMATCH = "exe-mismatch"
+
+
+class MetadataError(CrashBrokerError):
+    """A metadata file was refused or could not be parsed."""
+
+    def __init__(self, path: str, reason: MetadataReason, detail: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{path}: {reason.value}{': ' + detail if detail else ''}")
+
+
+class JournalError(CrashBrokerError):
+    """The journal could not be opened, positioned or read."""
+
+
+class StoreError(CrashBrokerError):
+    """The persistent crash store failed."""
+
+
+class RequestError(CrashBrokerError):
+    """A request from a client cannot be served; ``name`` is the D-Bus error suffix."""
+
+    name = "Failed"
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+class NoSuchCrash(RequestError):
+    name = "NoSuchCrash"
+
+    def __init__(self, crash_id: str) -> None:
+        self.crash_id = crash_id
+        super().__init__(f"no crash with id {crash_id!r}")
+
+
+class InvalidArgs(RequestError):
+    name = "InvalidArgs"
+
+
+class AccessDenied(RequestError):
+    name = "AccessDenied"
+
+
+class NotSupported(RequestError):
+    name = "NotSupported"

@@ -1,0 +1,201 @@
+"""KCrash metadata: file names, the INI and DrKonqi JSON formats, cross-checks, gap filling.
+
+Metadata files are written by the crashing program, so every function here treats its input as
+hostile: parsing is total (a :class:`KCrashMetadata` or a :class:`MetadataError`), sizes are
+capped, and no value is trusted to name another program's crash.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+from crashbroker.domain.errors import MetadataError, MetadataReason
+from crashbroker.domain.model import CoredumpEntry, KCrashMetadata, MetadataSource
+
+MAX_FILE_BYTES = 256 * 1024
+MAX_KEYS_PER_GROUP = 256
+MAX_KEY_CHARS = 256
+MAX_VALUE_CHARS = 16 * 1024
+
+GROUPS = {
+    "KCrash": "kcrash",
+    "KCrashTags": "tags",
+    "KCrashExtra": "extra",
+    "KCrashGPU": "gpu",
+}
+COMPLETE_GROUP = "KCrashComplete"
+
+# KConfig's escapes; KCrash itself only writes "\n".
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "s": " ", ";": ";", ",": ","}
+_ESCAPE_RE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)")
+# A D-Bus string may not carry NUL; other C0 controls are legal but we keep \n and \t only.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def v2_name(entry: CoredumpEntry) -> str:
+    """KF6 file name: ``<basename(COREDUMP_EXE)>.<_BOOT_ID>.<COREDUMP_PID>.ini``."""
+    return f"{entry.exe_basename}.{entry.boot_id}.{entry.pid}.ini"
+
+
+def v1_name(entry: CoredumpEntry) -> str:
+    """KF5 file name: ``<COREDUMP_PID>.ini``."""
+    return f"{entry.pid}.ini"
+
+
+def drkonqi_name(entry: CoredumpEntry) -> str:
+    """DrKonqi 6's JSON record: ``<exe>.<bootid>.<pid>.<COREDUMP_TIMESTAMP>.ini``."""
+    return f"{entry.exe_basename}.{entry.boot_id}.{entry.pid}.{entry.timestamp}.ini"
+
+
+def safe_name(name: str) -> bool:
+    """A file name we may open inside our directory: one path element, no traversal."""
+    return bool(name) and "/" not in name and "\0" not in name and name not in (".", "..")
+
+
+def _clean(text: str, limit: int) -> str:
+    return _CONTROL_RE.sub("\ufffd", text[:limit])
+
+
+def unescape(value: str) -> str:
+    """Undo KConfig value escaping (``\\n``, ``\\t``, ``\\\\``, ``\\s``, ``\\xHH``, …)."""
+
+    def repl(m: re.Match[str]) -> str:
+        code = m.group(1)
+        if code.startswith("x") and len(code) == 3:
+            return chr(int(code[1:], 16))
+        return _ESCAPES.get(code, "\\" + code)
+
+    return _ESCAPE_RE.sub(repl, value) if "\\" in value else value
+
+
+def parse_ini(data: bytes, path: str, source: MetadataSource) -> KCrashMetadata:
+    """Parse a KCrash INI file.
+
+    Tolerates keys before any group (KConfig's default group, ignored), unknown groups (ignored),
+    duplicate keys (the last wins, as in KConfig), CRLF, invalid UTF-8 (replaced) and NUL bytes.
+
+    Raises:
+        MetadataError: too large, or no ``[KCrash]`` group at all.
+    """
+    if len(data) > MAX_FILE_BYTES:
+        raise MetadataError(path, MetadataReason.TOO_LARGE, f"{len(data)} bytes")
+    text = data.decode("utf-8", errors="replace")
+    groups: dict[str, dict[str, str]] = {name: {} for name in GROUPS.values()}
+    current: dict[str, str] | None = None
+    complete = False
+    seen_kcrash = False
+    for raw_line in text.split("\n"):
+        line = raw_line.rstrip("\r").strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            name = line[1:-1]
+            current = None
+            if name == COMPLETE_GROUP:
+                complete = True
+            elif name in GROUPS:
+                current = groups[GROUPS[name]]
+                seen_kcrash = seen_kcrash or name == "KCrash"
+            continue
+        if current is None or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip()
+        if not key or len(key) > MAX_KEY_CHARS:
+            continue
+        if key not in current and len(current) >= MAX_KEYS_PER_GROUP:
+            continue
+        current[_clean(key, MAX_KEY_CHARS)] = _clean(unescape(value.strip()), MAX_VALUE_CHARS)
+    if not seen_kcrash:
+        raise MetadataError(path, MetadataReason.MALFORMED, "no [KCrash] group")
+    return KCrashMetadata(
+        kcrash=groups["kcrash"],
+        tags=groups["tags"],
+        extra=groups["extra"],
+        gpu=groups["gpu"],
+        complete=complete,
+        source=source,
+        path=path,
+    )
+
+
+def _string_map(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    out: dict[str, str] = {}
+    for k, v in value.items():
+        if len(out) >= MAX_KEYS_PER_GROUP:
+            break
+        if isinstance(k, str) and isinstance(v, str | int | float | bool):
+            text = ("true" if v else "false") if isinstance(v, bool) else str(v)
+            out[_clean(k, MAX_KEY_CHARS)] = _clean(text, MAX_VALUE_CHARS)
+    return out
+
+
+def parse_drkonqi_json(data: bytes, path: str) -> KCrashMetadata:
+    """Parse DrKonqi 6's crash record (JSON despite its ``.ini`` name, drkonqi-spec §4.5).
+
+    Raises:
+        MetadataError: too large, not JSON, or no ``kcrash`` object.
+    """
+    if len(data) > MAX_FILE_BYTES:
+        raise MetadataError(path, MetadataReason.TOO_LARGE, f"{len(data)} bytes")
+    try:
+        doc = json.loads(data.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError) as exc:
+        raise MetadataError(path, MetadataReason.MALFORMED, "not JSON") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("kcrash"), dict):
+        raise MetadataError(path, MetadataReason.MALFORMED, "no kcrash object")
+    return KCrashMetadata(
+        kcrash=_string_map(doc["kcrash"]),
+        tags=_string_map(doc.get("kcrash-tags")),
+        extra=_string_map(doc.get("kcrash-extra-data")),
+        gpu=_string_map(doc.get("kcrash-gpu")),
+        complete=doc.get("kcrash-complete") is True,
+        source=MetadataSource.DRKONQI,
+        path=path,
+    )
+
+
+def check_belongs(meta: KCrashMetadata, entry: CoredumpEntry) -> None:
+    """Refuse metadata that names another program or process than the journal entry.
+
+    v1 names (``<pid>.ini``) collide across boots and pid reuse, and any program of the user can
+    write any file name; the ``exe`` key (and ``pid`` when present) must agree with the journal.
+
+    Raises:
+        MetadataError: with reason ``EXE_MISMATCH``.
+    """
+    exe = meta.kcrash.get("exe")
+    journal_exe = entry.exe.removesuffix(" (deleted)")
+    if exe is not None and exe != journal_exe:
+        raise MetadataError(meta.path, MetadataReason.EXE_MISMATCH, f"exe={exe!r}")
+    if exe is None and meta.source is MetadataSource.KCRASH_V1:
+        raise MetadataError(meta.path, MetadataReason.EXE_MISMATCH, "v1 file without exe=")
+    pid = meta.kcrash.get("pid")
+    if pid is not None and pid.strip() != str(entry.pid):
+        raise MetadataError(meta.path, MetadataReason.EXE_MISMATCH, f"pid={pid!r}")
+
+
+def fill_gaps(
+    kcrash: Mapping[str, str], entry: CoredumpEntry
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Fill the ``[KCrash]`` keys DrKonqi needs from the journal when the file lacks them.
+
+    Returns:
+        The completed mapping and the keys that were filled in.
+    """
+    filled: dict[str, str] = {
+        "signal": str(entry.signal),
+        "pid": str(entry.pid),
+        "appname": entry.exe_basename or entry.comm,
+    }
+    if entry.exe:
+        filled["exe"] = entry.exe.removesuffix(" (deleted)")
+    out = dict(kcrash)
+    added = tuple(k for k in filled if not out.get(k))
+    for k in added:
+        out[k] = filled[k]
+    return out, added

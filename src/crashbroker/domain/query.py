@@ -1,0 +1,91 @@
+"""ListCrashes filters: validation and application (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from crashbroker.domain.errors import InvalidArgs
+from crashbroker.domain.model import Crash, CrashState
+
+MAX_LIMIT = 100_000
+MAX_EXE_CHARS = 4096
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "since": int,
+    "until": int,
+    "exe": str,
+    "state": str,
+    "limit": int,
+    "include_dismissed": bool,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CrashFilter:
+    since: int | None = None
+    until: int | None = None
+    exe: str | None = None
+    state: CrashState | None = None
+    limit: int | None = None
+    include_dismissed: bool = False
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, object]) -> CrashFilter:
+        """Validate a filter dict (already unwrapped from variants).
+
+        Raises:
+            InvalidArgs: unknown key, wrong type or out-of-range value.
+        """
+        for key, value in raw.items():
+            expected = _TYPES.get(key)
+            if expected is None:
+                raise InvalidArgs(f"unknown filter key {key!r}; known: {', '.join(_TYPES)}")
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise InvalidArgs(f"filter {key!r} has the wrong type")
+        state = raw.get("state")
+        parsed_state: CrashState | None = None
+        if isinstance(state, str):
+            try:
+                parsed_state = CrashState(state)
+            except ValueError:
+                raise InvalidArgs(
+                    f"unknown state {state!r}; known: {', '.join(s.value for s in CrashState)}"
+                ) from None
+        exe = raw.get("exe")
+        if isinstance(exe, str) and len(exe) > MAX_EXE_CHARS:
+            raise InvalidArgs("exe filter too long")
+        limit = raw.get("limit")
+        if isinstance(limit, int) and not 0 < limit <= MAX_LIMIT:
+            raise InvalidArgs(f"limit must be within 1..{MAX_LIMIT}")
+        since, until = raw.get("since"), raw.get("until")
+        return cls(
+            since=since if isinstance(since, int) else None,
+            until=until if isinstance(until, int) else None,
+            exe=exe if isinstance(exe, str) else None,
+            state=parsed_state,
+            limit=limit if isinstance(limit, int) else None,
+            include_dismissed=raw.get("include_dismissed") is True
+            or parsed_state is CrashState.DISMISSED,
+        )
+
+    def matches(self, crash: Crash) -> bool:
+        ts = crash.entry.timestamp
+        if self.since is not None and ts < self.since:
+            return False
+        if self.until is not None and ts > self.until:
+            return False
+        if self.exe is not None and self.exe not in (crash.entry.exe, crash.entry.exe_basename):
+            return False
+        if self.state is not None and crash.state is not self.state:
+            return False
+        return self.include_dismissed or not crash.dismissed
+
+
+def newest_first(crashes: Iterable[Crash], flt: CrashFilter) -> list[Crash]:
+    """The crashes matching ``flt``, newest (by COREDUMP_TIMESTAMP) first, at most ``limit``."""
+    found = sorted(
+        (c for c in crashes if flt.matches(c)),
+        key=lambda c: (c.entry.timestamp, c.entry.realtime),
+        reverse=True,
+    )
+    return found[: flt.limit] if flt.limit is not None else found

@@ -1,0 +1,44 @@
+"""The ports between the broker and its adapters (typing.Protocol)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from crashbroker.domain.model import CoredumpEntry, Crash, KCrashMetadata
+
+
+class Publisher(Protocol):
+    """Announces crash events to subscribers (the D-Bus service in production)."""
+
+    def crash_detected(self, crash: Crash) -> None: ...
+
+    def crash_updated(self, crash: Crash, changed: Sequence[str]) -> None: ...
+
+    def crash_removed(self, crash_id: str) -> None: ...
+
+    def properties_changed(self, names: Sequence[str]) -> None: ...
+
+
+class MetadataReader(Protocol):
+    """Finds the KCrash metadata of a coredump, and removes KCrash INIs."""
+
+    async def lookup(self, entry: CoredumpEntry) -> KCrashMetadata | None: ...
+
+    def remove_ini(self, path: str) -> bool: ...
+
+
+class NullPublisher:
+    """Publishes nowhere; used until the bus is connected."""
+
+    def crash_detected(self, crash: Crash) -> None:
+        pass
+
+    def crash_updated(self, crash: Crash, changed: Sequence[str]) -> None:
+        pass
+
+    def crash_removed(self, crash_id: str) -> None:
+        pass
+
+    def properties_changed(self, names: Sequence[str]) -> None:
+        pass
