@@ -139,7 +139,9 @@ def print_crash(c: dict[str, Any], out: TextIO) -> None:
     for k, v in lines:
         print(f"{k.rjust(width)}: {v}", file=out)
     if c["kcrash"]:
-        source = c["kcrash_source"] + ("" if c["kcrash_complete"] else ", incomplete")
+        # KF5 (v1 files) never writes [KCrashComplete]; only a v2 file without it is incomplete.
+        incomplete = not c["kcrash_complete"] and c["kcrash_source"] == "kcrash-v2"
+        source = c["kcrash_source"] + (", incomplete" if incomplete else "")
         print(f"{'KCrash'.rjust(width)}: ({source}) {c['metadata_path']}", file=out)
         for k, v in sorted(c["kcrash"].items()):
             filled = " (from journal)" if k in c["kcrash_filled"] else ""
@@ -275,6 +277,8 @@ async def cmd_watch(client: Client, args: argparse.Namespace) -> int:
         )
         if owner is not None and owner.body and not owner.body[0]:
             print(f"crashbroker: waiting for {BUS_NAME} to appear…", file=sys.stderr)
+        # Printed once the match rule is in place: from here on no signal is missed.
+        print(f"crashbroker: watching {BUS_NAME} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, done.set)

@@ -1,0 +1,499 @@
+"""Fixtures on real parts: a private dbus-daemon, journal files written by
+systemd-journal-remote, the crashbroker daemon as a subprocess, and the real coredump pipeline.
+
+Where a real part cannot run here, tests skip with the reason — except under ``CI=true``, where a
+missing rig is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import export_format  # noqa: E402
+
+from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH  # noqa: E402
+from crashbroker.adapters.dbus_record import unwrap  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
+COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
+
+
+def missing_rig(reason: str) -> None:
+    """Skip locally; fail under CI=true, where every rig must come up."""
+    if IN_CI:
+        pytest.fail(f"rig unavailable under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
+
+
+# ---- a private session bus ---------------------------------------------------------------------
+
+_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir={dir}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+    <allow user="*"/>
+  </policy>
+</busconfig>
+"""
+
+
+@pytest.fixture
+def bus_address(tmp_path: Path) -> Iterator[str]:
+    """A private dbus-daemon with no service directories (nothing gets auto-activated)."""
+    if shutil.which("dbus-daemon") is None:
+        missing_rig("dbus-daemon is not installed (scripts/setup installs it)")
+    conf = tmp_path / "bus.conf"
+    sockdir = tmp_path / "bus"
+    sockdir.mkdir()
+    conf.write_text(_BUS_CONFIG.format(dir=sockdir))
+    proc = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    address = proc.stdout.readline().strip()
+    try:
+        if not address:
+            missing_rig("dbus-daemon did not start")
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+async def bus_call(
+    bus: MessageBus,
+    member: str,
+    signature: str = "",
+    body: list[Any] | None = None,
+    *,
+    destination: str = BUS_NAME,
+    path: str = OBJECT_PATH,
+    interface: str = MANAGER_INTERFACE,
+) -> Message:
+    reply = await bus.call(
+        Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+    )
+    assert reply is not None
+    return reply
+
+
+async def call_ok(bus: MessageBus, member: str, signature: str = "", *body: Any) -> Any:
+    reply = await bus_call(bus, member, signature, list(body))
+    assert reply.message_type == MessageType.METHOD_RETURN, (reply.error_name, reply.body)
+    return unwrap(reply.body[0]) if reply.body else None
+
+
+async def dbus_daemon_call(bus: MessageBus, member: str, signature: str, *body: Any) -> Any:
+    reply = await bus_call(
+        bus,
+        member,
+        signature,
+        list(body),
+        destination="org.freedesktop.DBus",
+        path="/org/freedesktop/DBus",
+        interface="org.freedesktop.DBus",
+    )
+    assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+    return reply.body[0] if reply.body else None
+
+
+@dataclass
+class Recorder:
+    """Collects crashbroker's signals (and name owner changes) seen by one client connection."""
+
+    bus: MessageBus
+    signals: list[tuple[str, list[Any]]] = field(default_factory=list)
+    owner: str = ""
+    properties: dict[str, Any] = field(default_factory=dict)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_message(self, msg: Message) -> None:
+        if msg.message_type != MessageType.SIGNAL:
+            return
+        if msg.member == "NameOwnerChanged" and msg.body[0] == BUS_NAME:
+            self.owner = msg.body[2]
+        elif msg.member == "PropertiesChanged" and msg.body[0] == MANAGER_INTERFACE:
+            self.properties.update(unwrap(msg.body[1]))
+        elif msg.interface == MANAGER_INTERFACE:
+            self.signals.append((msg.member or "", unwrap(msg.body)))
+        self._changed.set()
+
+    def detected(self) -> list[dict[str, Any]]:
+        return [body[1] for name, body in self.signals if name == "CrashDetected"]
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
+        """Await a condition over what has been received; no polling of the daemon."""
+        async with asyncio.timeout(timeout):
+            while True:
+                result = predicate()
+                if result:
+                    return result
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def crash(self, pid: int, timeout: float = 20.0) -> dict[str, Any]:
+        found = await self.wait_for(
+            lambda: [c for c in self.detected() if c["pid"] == pid], timeout
+        )
+        return found[0]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def client(bus_address: str) -> AsyncIterator[Recorder]:
+    """A dbus-fast connection subscribed to crashbroker's signals before anything starts."""
+    bus = await MessageBus(bus_address=bus_address).connect()
+    rec = Recorder(bus)
+    bus.add_message_handler(rec.on_message)
+    await dbus_daemon_call(
+        bus, "AddMatch", "s", f"type='signal',interface='{MANAGER_INTERFACE}'"
+    )
+    await dbus_daemon_call(
+        bus,
+        "AddMatch",
+        "s",
+        f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{BUS_NAME}'",
+    )
+    await dbus_daemon_call(
+        bus,
+        "AddMatch",
+        "s",
+        f"type='signal',interface='org.freedesktop.DBus.Properties',path='{OBJECT_PATH}'",
+    )
+    try:
+        yield rec
+    finally:
+        bus.disconnect()
+
+
+# ---- the daemon --------------------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    """``crashbroker daemon`` as a subprocess on the private bus."""
+
+    tmp: Path
+    bus_address: str
+    client: Recorder
+    args: list[str] = field(default_factory=list)
+    env_extra: dict[str, str] = field(default_factory=dict)
+    proc: asyncio.subprocess.Process | None = None
+    runs: int = 0
+
+    @property
+    def cache_home(self) -> Path:
+        return self.tmp / "cache"
+
+    @property
+    def kcrash_dir(self) -> Path:
+        return self.cache_home / "kcrash-metadata"
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / "daemon.log"
+
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("XDG_STATE_HOME", "XDG_CACHE_HOME")
+        }
+        env.update(
+            DBUS_SESSION_BUS_ADDRESS=self.bus_address,
+            XDG_STATE_HOME=str(self.tmp / "state"),
+            XDG_CACHE_HOME=str(self.cache_home),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.env_extra)
+        return env
+
+    async def start(self, *extra: str) -> None:
+        """Start and wait until the daemon owns its bus name (its readiness)."""
+        assert self.proc is None or self.proc.returncode is not None
+        self.client.owner = ""
+        self.client.properties.clear()
+        self.runs += 1
+        with self.log.open("a") as log:
+            log.write(f"---- run {self.runs}: {' '.join([*self.args, *extra])}\n")
+        with self.log.open("a") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "crashbroker",
+                "daemon",
+                "--log-level=DEBUG",
+                *self.args,
+                *extra,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        exited = asyncio.ensure_future(self.proc.wait())
+        try:
+            owned = asyncio.ensure_future(self.client.wait_for(lambda: self.client.owner, 30))
+            has = await dbus_daemon_call(self.client.bus, "NameHasOwner", "s", BUS_NAME)
+            if not has:
+                await asyncio.wait([exited, owned], return_when=asyncio.FIRST_COMPLETED)
+            owned.cancel()
+            if exited.done():
+                raise AssertionError(f"daemon exited with {exited.result()}:\n{self.log_text()}")
+        finally:
+            if not exited.done():
+                exited.cancel()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        async with asyncio.timeout(20):
+            return await self.proc.wait()
+
+    async def call(self, member: str, signature: str = "", *body: Any) -> Any:
+        return await call_ok(self.client.bus, member, signature, *body)
+
+    async def caught_up(self, timeout: float = 30.0) -> None:
+        """Wait for CaughtUp=true: already true, or announced by PropertiesChanged."""
+        reply = await bus_call(
+            self.client.bus,
+            "Get",
+            "ss",
+            [MANAGER_INTERFACE, "CaughtUp"],
+            interface="org.freedesktop.DBus.Properties",
+        )
+        if reply.message_type == MessageType.METHOD_RETURN and reply.body[0].value:
+            return
+        await self.client.wait_for(lambda: self.client.properties.get("CaughtUp"), timeout)
+
+    async def stats(self) -> dict[str, int]:
+        return await self.call("GetStats")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path, bus_address: str, client: Recorder) -> AsyncIterator[Daemon]:
+    d = Daemon(tmp_path, bus_address, client)
+    d.kcrash_dir.mkdir(parents=True)
+    try:
+        yield d
+    finally:
+        if d.proc is not None and d.proc.returncode is None:
+            d.proc.kill()
+            await d.proc.wait()
+
+
+# ---- journal files written by systemd-journal-remote -------------------------------------------
+
+
+class RemoteJournal:
+    """A journal directory fed through ``systemd-journal-remote`` from export-format entries."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir()
+        self.proc = subprocess.Popen(
+            [JOURNAL_REMOTE, f"--output={directory}/remote.journal", "--split-mode=none", "-"],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.boot_id = boot_id()
+        self._pid = 900_000
+        self._ts = time.time_ns() // 1000 - 3_600_000_000
+
+    def append(self, *entries: export_format.Entry) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(export_format.serialize(entries))
+        self.proc.stdin.flush()
+
+    def wait_written(self, count: int, timeout: float = 10.0) -> None:
+        """Block until ``journalctl --directory`` sees ``count`` entries (for offline checks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                ["journalctl", f"--directory={self.directory}", "-q", "-o", "cat", "--no-pager"],
+                capture_output=True,
+                check=False,
+            )
+            if out.stdout.count(b"dumped core") >= count:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"journal-remote did not write {count} entries")
+
+    def coredump(
+        self,
+        template: str = "sleep-sigsegv.export",
+        *,
+        pid: int | None = None,
+        **overrides: str | bytes,
+    ) -> export_format.Entry:
+        """A recorded real entry made new: fresh pid, timestamps and this boot's id."""
+        entry = export_format.load(template)
+        for key in [k for k in entry if k.startswith("__") and k != "__REALTIME_TIMESTAMP"]:
+            del entry[key]
+        self._pid += 1
+        self._ts += 1_000_000
+        pid = pid if pid is not None else self._pid
+        entry.update(
+            COREDUMP_PID=str(pid).encode(),
+            COREDUMP_TIMESTAMP=str(self._ts).encode(),
+            __REALTIME_TIMESTAMP=str(self._ts + 400_000).encode(),
+            _BOOT_ID=self.boot_id.encode(),
+            COREDUMP_UID=str(os.getuid()).encode(),
+            MESSAGE=f"Process {pid} ({entry['COREDUMP_COMM'].decode()}) dumped core.".encode(),
+        )
+        entry.pop("COREDUMP_FILENAME", None)
+        for key, value in overrides.items():
+            entry[key] = value.encode() if isinstance(value, str) else value
+        return entry
+
+    def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def remote_journal(tmp_path: Path) -> Iterator[RemoteJournal]:
+    if not os.access(JOURNAL_REMOTE, os.X_OK):
+        missing_rig(f"{JOURNAL_REMOTE} missing (package systemd-journal-remote)")
+    rj = RemoteJournal(tmp_path / "journal")
+    try:
+        yield rj
+    finally:
+        rj.close()
+
+
+# ---- the real coredump pipeline ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rig() -> Iterator[None]:
+    """journald + systemd-coredump socket + core_pattern, brought up by scripts/rig."""
+    if os.geteuid() != 0:
+        missing_rig("the real crash pipeline needs root (journald, core_pattern)")
+    up = subprocess.run([ROOT / "scripts" / "rig", "up"], capture_output=True, text=True)
+    if up.returncode != 0:
+        missing_rig(f"scripts/rig up failed: {up.stdout}{up.stderr}")
+    # Tear down only if this session started something; a rig brought up by hand (or by the
+    # demo) stays as it was.
+    started = any(w in up.stdout for w in (": started", ": set"))
+    try:
+        yield
+    finally:
+        if started:
+            subprocess.run([ROOT / "scripts" / "rig", "down"], capture_output=True, check=False)
+
+
+async def wait_exec(pid: int, exe: str, timeout: float = 10.0) -> None:
+    """Wait until ``pid`` runs ``exe``: killing earlier dumps the forking parent instead."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/exe") == exe:
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"pid {pid} never ran {exe}")
+
+
+async def wait_handler(pid: int, sig: int, timeout: float = 20.0) -> None:
+    """Wait until ``pid`` catches ``sig`` (``SigCgt`` in /proc): KCrash's handler is installed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("SigCgt:") and int(line.split()[1], 16) & (1 << (sig - 1)):
+                    return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"pid {pid} never installed a handler for signal {sig}")
+
+
+async def crash_sleep(sig: int = signal.SIGSEGV) -> int:
+    """A real process killed by ``sig``: the kernel hands its core to systemd-coredump."""
+    proc = await asyncio.create_subprocess_exec(
+        "sleep", "60", env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+    )
+    await wait_exec(proc.pid, "/usr/bin/sleep")
+    proc.send_signal(sig)
+    await proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def kcrash_env(tmp_path: Path) -> dict[str, str]:
+    """Environment under which KF5's KCrash writes metadata headless (rig.md, KCrash facts)."""
+    home = tmp_path / "apphome"
+    libexec = tmp_path / "libexec"
+    run = tmp_path / "run"
+    for d in (home, libexec, run):
+        d.mkdir()
+    run.chmod(0o700)
+    stub = libexec / "drkonqi-coredump-processor"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    return {
+        "HOME": str(home),
+        "PATH": "/usr/bin:/bin",
+        "XDG_RUNTIME_DIR": str(run),
+        "QT_QPA_PLATFORM": "offscreen",
+        "KCRASH_DUMP_ONLY": "1",
+        "LIBEXEC_PATH": str(libexec),
+    }
+
+
+def write_ini(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def variant_filter(**kw: Any) -> dict[str, Variant]:
+    sigs = {bool: "b", str: "s", int: "t"}
+    out = {}
+    for k, v in kw.items():
+        sig = "u" if k == "limit" else sigs[type(v)]
+        out[k] = Variant(sig, v)
+    return out

@@ -1,0 +1,409 @@
+"""The safe journal cursor, building published crashes, and ListCrashes filters."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from crashbroker.domain.correlator import Correlator, LookupMetadata, PublishCrash
+from crashbroker.domain.crash import build_crash, signature
+from crashbroker.domain.cursor import CursorTracker
+from crashbroker.domain.errors import InvalidArgs
+from crashbroker.domain.model import (
+    CoredumpEntry,
+    Crash,
+    CrashKey,
+    CrashState,
+    KCrashLib,
+    KCrashMetadata,
+    MetadataSource,
+)
+from crashbroker.domain.query import MAX_EXE_CHARS, MAX_LIMIT, CrashFilter, newest_first
+
+BOOT = "e04ff1c3b3f8438a9752aa220502ee22"
+T0 = 1_700_000_000_000_000
+
+
+def make_entry(
+    pid: int = 100,
+    timestamp: int = T0,
+    exe: str = "/usr/bin/kate",
+    realtime: int | None = None,
+    kcrash_lib: KCrashLib = KCrashLib.NONE,
+) -> CoredumpEntry:
+    return CoredumpEntry(
+        cursor=f"s=x;i={pid:x}",
+        realtime=timestamp + 300_000 if realtime is None else realtime,
+        boot_id=BOOT,
+        machine_id="3d1219c7c4c5404aaa1f6d2a48adfda4",
+        hostname="vm",
+        pid=pid,
+        uid=1000,
+        gid=1000,
+        signal=11,
+        signal_name="SIGSEGV",
+        timestamp=timestamp,
+        exe=exe,
+        comm=exe.rsplit("/", 1)[-1][:15],
+        cmdline=exe,
+        unit="",
+        user_unit="",
+        core_filename="",
+        core_in_journal=False,
+        truncated=False,
+        kcrash_lib=kcrash_lib,
+    )
+
+
+def key(pid: int) -> CrashKey:
+    return CrashKey(BOOT, pid, T0 + pid)
+
+
+# --- CursorTracker --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start", [None, "s=start"])
+def test_safe_cursor_is_the_start_before_anything_is_read(start: str | None) -> None:
+    assert CursorTracker(start).safe() == start
+
+
+def test_safe_cursor_follows_entries_that_need_no_correlation() -> None:
+    t = CursorTracker("c0")
+    t.seen("c1")
+    t.seen("c2")
+    assert t.safe() == "c2"
+
+
+def test_safe_cursor_stops_before_the_oldest_pending_entry() -> None:
+    t = CursorTracker("c0")
+    t.seen("c1")
+    t.seen("c2", pending=key(2))
+    t.seen("c3")
+    t.seen("c4", pending=key(4))
+    t.seen("c5")
+    assert t.safe() == "c1"
+
+    t.settled(key(2))
+    assert t.safe() == "c3"
+
+    t.settled(key(4))
+    assert t.safe() == "c5"
+
+
+def test_safe_cursor_waits_for_the_oldest_when_a_newer_one_settles_first() -> None:
+    t = CursorTracker("c0")
+    t.seen("c1", pending=key(1))
+    t.seen("c2", pending=key(2))
+    t.seen("c3")
+
+    t.settled(key(2))
+    assert t.safe() == "c0"
+
+    t.settled(key(1))
+    assert t.safe() == "c3"
+
+
+@pytest.mark.parametrize("start", [None, "c0"])
+def test_pending_first_entry_keeps_the_start_cursor(start: str | None) -> None:
+    t = CursorTracker(start)
+    t.seen("c1", pending=key(1))
+    t.seen("c2")
+    assert t.safe() == start
+    t.settled(key(1))
+    assert t.safe() == "c2"
+
+
+def test_pending_entry_seen_again_keeps_its_first_position() -> None:
+    t = CursorTracker("c0")
+    t.seen("c1", pending=key(1))
+    t.seen("c2")
+    t.seen("c3", pending=key(1))  # the same crash read again
+    assert t.safe() == "c0"
+    t.settled(key(1))
+    assert t.safe() == "c3"
+
+
+def test_settling_an_unknown_crash_changes_nothing() -> None:
+    t = CursorTracker("c0")
+    t.seen("c1", pending=key(1))
+    t.settled(key(99))
+    t.settled(key(99))
+    assert t.safe() == "c0"
+
+
+def test_cursor_and_correlator_together() -> None:
+    """The shell's loop in miniature: the cursor only passes crashes that were published."""
+    c = Correlator(grace_us=1_000_000, retry_us=50_000)
+    t = CursorTracker("c0")
+    kde = make_entry(pid=1, kcrash_lib=KCrashLib.KF6)
+    plain = make_entry(pid=2, kcrash_lib=KCrashLib.NONE)
+
+    assert c.coredump(kde, past=False, now=T0) == [LookupMetadata(kde)]
+    t.seen("c1", pending=kde.key)
+    assert c.coredump(plain, past=False, now=T0) == [LookupMetadata(plain)]
+    t.seen("c2", pending=plain.key)
+    t.seen("c3")
+
+    for effect in c.metadata(plain.key, None, now=T0 + 10):
+        assert effect == PublishCrash(plain, None, past=False)
+        t.settled(effect.entry.key)
+    assert c.metadata(kde.key, None, now=T0 + 10) == []
+    assert t.safe() == "c0"  # the KF6 crash still waits for its file
+
+    now = c.next_deadline()
+    assert now is not None
+    assert c.tick(now) == [LookupMetadata(kde)]
+    complete = KCrashMetadata(kcrash={"exe": "/usr/bin/kate"}, complete=True)
+    (effect,) = c.metadata(kde.key, complete, now=now)
+    assert isinstance(effect, PublishCrash)
+    t.settled(effect.entry.key)
+    assert t.safe() == "c3"
+
+
+# --- build_crash ----------------------------------------------------------------------------
+
+
+def test_build_crash_with_metadata_fills_gaps() -> None:
+    entry = make_entry(pid=7)
+    meta = KCrashMetadata(
+        kcrash={"exe": "/usr/bin/kate", "programname": "Kate", "bugaddress": "b@kde.org"},
+        complete=True,
+        source=MetadataSource.KCRASH_V2,
+        path="/run/kate.ini",
+    )
+    crash = build_crash(entry, meta, past=True, now=T0 + 5)
+
+    assert crash.id == entry.key.crash_id
+    assert re.fullmatch(r"[A-Za-z0-9_]+", crash.id)
+    assert crash.entry is entry
+    assert dict(crash.kcrash) == {
+        "exe": "/usr/bin/kate",
+        "programname": "Kate",
+        "bugaddress": "b@kde.org",
+        "signal": "11",
+        "pid": "7",
+        "appname": "kate",
+    }
+    assert crash.kcrash_filled == ("signal", "pid", "appname")
+    assert crash.kcrash_complete is True
+    assert crash.kcrash_source == "kcrash-v2"
+    assert crash.metadata_path == "/run/kate.ini"
+    assert crash.past is True
+    assert crash.detected == T0 + 5
+    assert crash.state is CrashState.NEW
+    assert crash.signature == "/usr/bin/kate:SIGSEGV"
+    assert crash.app_name == "Kate"
+    assert crash.bug_address == "b@kde.org"
+
+
+def test_build_crash_without_metadata_keeps_kcrash_empty() -> None:
+    crash = build_crash(make_entry(exe="/usr/bin/sleep"), None, past=False, now=T0)
+    assert dict(crash.kcrash) == {}
+    assert crash.kcrash_filled == ()
+    assert crash.kcrash_complete is False
+    assert crash.kcrash_source == ""
+    assert crash.metadata_path == ""
+    assert crash.app_name == "sleep"
+    assert crash.bug_address == ""
+
+
+def test_crash_ids_are_stable_and_separate_pid_reuse() -> None:
+    a = make_entry(pid=5, timestamp=T0)
+    again = dataclasses.replace(a, cursor="s=elsewhere", realtime=0)
+    reused = make_entry(pid=5, timestamp=T0 + 1)
+    assert a.key.crash_id == again.key.crash_id
+    assert a.key.crash_id != reused.key.crash_id
+
+
+@pytest.mark.parametrize(
+    ("exe", "comm", "expected"),
+    [
+        ("/usr/bin/kate", "kate", "/usr/bin/kate:SIGSEGV"),
+        ("/usr/bin/kate (deleted)", "kate", "/usr/bin/kate:SIGSEGV"),
+        ("", "kworker", "kworker:SIGSEGV"),
+    ],
+)
+def test_signature_is_exe_and_signal(exe: str, comm: str, expected: str) -> None:
+    assert signature(dataclasses.replace(make_entry(), exe=exe, comm=comm)) == expected
+
+
+# --- CrashFilter.parse ----------------------------------------------------------------------
+
+
+def test_empty_filter_is_the_default() -> None:
+    assert CrashFilter.parse({}) == CrashFilter()
+    assert CrashFilter() == CrashFilter(None, None, None, None, None, False)
+
+
+def test_full_filter_parses() -> None:
+    flt = CrashFilter.parse(
+        {
+            "since": 1,
+            "until": 2,
+            "exe": "kate",
+            "state": "claimed",
+            "limit": 10,
+            "include_dismissed": True,
+        }
+    )
+    assert flt == CrashFilter(
+        since=1,
+        until=2,
+        exe="kate",
+        state=CrashState.CLAIMED,
+        limit=10,
+        include_dismissed=True,
+    )
+
+
+def test_unknown_filter_key_is_refused() -> None:
+    with pytest.raises(InvalidArgs, match="unknown filter key 'pid'") as info:
+        CrashFilter.parse({"pid": 5})
+    assert info.value.name == "InvalidArgs"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"since": "1"},
+        {"since": 1.0},
+        {"since": True},
+        {"until": None},
+        {"until": False},
+        {"limit": True},
+        {"limit": 10.0},
+        {"limit": "10"},
+        {"exe": 5},
+        {"exe": b"/usr/bin/kate"},
+        {"state": 1},
+        {"state": None},
+        {"include_dismissed": 1},
+        {"include_dismissed": "true"},
+        {"include_dismissed": None},
+    ],
+    ids=repr,
+)
+def test_filter_of_the_wrong_type_is_refused(raw: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgs, match="wrong type"):
+        CrashFilter.parse(raw)
+
+
+@pytest.mark.parametrize("state", ["bogus", "NEW", "", " new", "open"])
+def test_unknown_state_is_refused(state: str) -> None:
+    with pytest.raises(InvalidArgs, match="unknown state"):
+        CrashFilter.parse({"state": state})
+
+
+@pytest.mark.parametrize(
+    ("limit", "ok"),
+    [(-1, False), (0, False), (1, True), (MAX_LIMIT, True), (MAX_LIMIT + 1, False)],
+)
+def test_limit_bounds(limit: int, ok: bool) -> None:
+    if ok:
+        assert CrashFilter.parse({"limit": limit}).limit == limit
+    else:
+        with pytest.raises(InvalidArgs, match="limit"):
+            CrashFilter.parse({"limit": limit})
+
+
+def test_exe_length_bound() -> None:
+    assert CrashFilter.parse({"exe": "x" * MAX_EXE_CHARS}).exe == "x" * MAX_EXE_CHARS
+    with pytest.raises(InvalidArgs, match="exe"):
+        CrashFilter.parse({"exe": "x" * (MAX_EXE_CHARS + 1)})
+
+
+@pytest.mark.parametrize(
+    ("raw", "include_dismissed"),
+    [
+        ({}, False),
+        ({"include_dismissed": False}, False),
+        ({"include_dismissed": True}, True),
+        ({"state": "dismissed"}, True),
+        ({"state": "dismissed", "include_dismissed": False}, True),
+        ({"state": "new"}, False),
+    ],
+)
+def test_include_dismissed(raw: dict[str, object], include_dismissed: bool) -> None:
+    assert CrashFilter.parse(raw).include_dismissed is include_dismissed
+
+
+# --- newest_first ---------------------------------------------------------------------------
+
+
+def crash(
+    pid: int,
+    timestamp: int,
+    exe: str = "/usr/bin/kate",
+    state: CrashState = CrashState.NEW,
+    realtime: int | None = None,
+) -> Crash:
+    built = build_crash(
+        make_entry(pid=pid, timestamp=timestamp, exe=exe, realtime=realtime),
+        None,
+        past=False,
+        now=timestamp + 1_000_000,
+    )
+    return dataclasses.replace(built, state=state)
+
+
+ALL = [
+    crash(1, T0 + 100, "/usr/bin/kate"),
+    crash(2, T0 + 300, "/usr/bin/dolphin", CrashState.CLAIMED),
+    crash(3, T0 + 200, "/usr/bin/kate", CrashState.DISMISSED),
+    crash(4, T0 + 400, "/usr/bin/sleep"),
+    crash(5, T0 + 500, "/opt/kate/bin/kate", CrashState.DISMISSED),
+    crash(6, T0 + 50, "/usr/bin/katebuild"),
+]
+
+
+def pids(crashes: list[Crash]) -> list[int]:
+    return [c.entry.pid for c in crashes]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param({}, [4, 2, 1, 6], id="default-hides-dismissed"),
+        pytest.param({"include_dismissed": True}, [5, 4, 2, 3, 1, 6], id="all"),
+        pytest.param({"limit": 2}, [4, 2], id="limit"),
+        pytest.param({"limit": 1, "include_dismissed": True}, [5], id="limit-all"),
+        pytest.param({"limit": MAX_LIMIT}, [4, 2, 1, 6], id="limit-larger-than-result"),
+        pytest.param({"since": T0 + 200}, [4, 2], id="since-inclusive"),
+        pytest.param({"until": T0 + 300}, [2, 1, 6], id="until-inclusive"),
+        pytest.param(
+            {"since": T0 + 100, "until": T0 + 300, "include_dismissed": True},
+            [2, 3, 1],
+            id="window",
+        ),
+        pytest.param({"since": T0 + 301, "until": T0 + 299}, [], id="empty-window"),
+        pytest.param({"exe": "kate"}, [1], id="exe-basename"),
+        pytest.param({"exe": "kate", "include_dismissed": True}, [5, 3, 1], id="basename-all"),
+        pytest.param({"exe": "/usr/bin/kate", "include_dismissed": True}, [3, 1], id="exe-path"),
+        pytest.param({"exe": "kat"}, [], id="exe-no-prefix-match"),
+        pytest.param({"exe": "bin/kate"}, [], id="exe-no-suffix-match"),
+        pytest.param({"state": "new"}, [4, 1, 6], id="state-new"),
+        pytest.param({"state": "claimed"}, [2], id="state-claimed"),
+        pytest.param({"state": "dismissed"}, [5, 3], id="state-dismissed"),
+    ],
+)
+def test_newest_first(raw: dict[str, object], expected: list[int]) -> None:
+    assert pids(newest_first(ALL, CrashFilter.parse(raw))) == expected
+
+
+def test_newest_first_breaks_timestamp_ties_by_realtime() -> None:
+    crashes = [
+        crash(1, T0, realtime=T0 + 2),
+        crash(2, T0, realtime=T0 + 9),
+        crash(3, T0, realtime=T0 + 5),
+        crash(4, T0 - 1, realtime=T0 + 100),
+    ]
+    assert pids(newest_first(crashes, CrashFilter())) == [2, 3, 1, 4]
+
+
+def test_newest_first_accepts_any_iterable_and_leaves_input_alone() -> None:
+    given = list(ALL)
+    assert pids(newest_first(iter(given), CrashFilter(limit=3))) == [4, 2, 1]
+    assert given == ALL
+    assert newest_first([], CrashFilter()) == []

@@ -1,0 +1,334 @@
+"""The daemon on a private dbus-daemon, following journal files written by systemd-journal-remote
+from recorded real coredump entries (trusted ``_`` fields included) and synthesised variants."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+from conftest import Daemon, RemoteJournal, variant_filter, write_ini
+from dbus_fast import MessageType
+
+from crashbroker.adapters.dbus_names import error_name
+
+KF6_MAPS = b"7f0000000000-7f0000001000 r-xp 00000000 fe:01 42 /usr/lib/x86_64-linux-gnu/libKF6Crash.so.6.8.0\n"
+
+
+async def start(daemon: Daemon, rj: RemoteJournal, *extra: str) -> None:
+    daemon.args = [f"--journal-dir={rj.directory}", "--grace-ms=300", *extra]
+    await daemon.start()
+
+
+async def test_replayed_real_entry_is_published(daemon: Daemon, remote_journal: RemoteJournal):
+    await start(daemon, remote_journal)
+    entry = remote_journal.coredump()
+    remote_journal.append(entry)
+    pid = int(entry["COREDUMP_PID"])
+    crash = await daemon.client.crash(pid)
+    assert crash["exe"] == "/usr/bin/sleep"
+    assert crash["signal"] == 11
+    assert crash["signal_name"] == "SIGSEGV"
+    assert crash["boot_id"] == remote_journal.boot_id
+    assert crash["kcrash"] == {}
+    assert crash["past"] is False
+    assert crash["journal_cursor"].startswith("s=")
+    listed = await daemon.call("ListCrashes", "a{sv}", {})
+    assert [c["id"] for c in listed] == [crash["id"]]
+    assert await daemon.call("GetCrash", "s", crash["id"]) == crash
+
+
+async def test_entry_without_exe_from_coredump_user_is_trusted(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    """Real entries can miss _EXE (journald lost the /proc race); _UID=systemd-coredump holds."""
+    await start(daemon, remote_journal)
+    entry = remote_journal.coredump("sleep-sigsegv-no-exe.export")
+    assert "_EXE" not in entry
+    remote_journal.append(entry)
+    await daemon.client.crash(int(entry["COREDUMP_PID"]))
+
+
+async def test_kcrash_v1_ini_is_correlated(daemon: Daemon, remote_journal: RemoteJournal):
+    await start(daemon, remote_journal)
+    entry = remote_journal.coredump("kronometer-sigsegv.export")
+    pid = int(entry["COREDUMP_PID"])
+    ini = (Path(__file__).parent.parent / "data" / "kronometer.ini").read_text()
+    ini = "\n".join(f"pid={pid}" if line.startswith("pid=") else line for line in ini.split("\n"))
+    (daemon.kcrash_dir / f"{pid}.ini").write_text(ini)
+    remote_journal.append(entry)
+    crash = await daemon.client.crash(pid)
+    assert crash["kcrash"]["programname"] == "Kronometer"
+    assert crash["kcrash"]["bugaddress"] == "submit@bugs.kde.org"
+    assert crash["kcrash_source"] == "kcrash-v1"
+    assert crash["app_name"] == "Kronometer"
+    assert crash["bug_address"] == "submit@bugs.kde.org"
+
+
+async def test_v1_ini_of_another_program_is_not_used(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    """pid reuse / a hostile file: <pid>.ini whose exe= names another program is refused."""
+    await start(daemon, remote_journal)
+    entry = remote_journal.coredump("kronometer-sigsegv.export")
+    pid = int(entry["COREDUMP_PID"])
+    write_ini(daemon.kcrash_dir / f"{pid}.ini", f"[KCrash]\nexe=/usr/bin/evil\npid={pid}\n")
+    remote_journal.append(entry)
+    crash = await daemon.client.crash(pid)
+    assert crash["kcrash"] == {}
+    assert (daemon.kcrash_dir / f"{pid}.ini").exists()
+
+
+async def test_kf6_v2_file_arriving_late_is_waited_for(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    """Journal entry first, metadata second: the crash waits (within grace) for the file."""
+    daemon.args = [f"--journal-dir={remote_journal.directory}", "--grace-ms=20000"]
+    await daemon.start()
+    entry = remote_journal.coredump(
+        COREDUMP_EXE="/usr/bin/kf6app", COREDUMP_COMM="kf6app", COREDUMP_PROC_MAPS=KF6_MAPS
+    )
+    pid = int(entry["COREDUMP_PID"])
+    remote_journal.append(entry)
+    # The daemon has looked once and found nothing; only then does the file appear.
+    for _ in range(400):
+        if (await daemon.stats())["lookups"] >= 1:
+            break
+        await asyncio.sleep(0.025)
+    assert daemon.client.detected() == []
+    name = f"kf6app.{remote_journal.boot_id}.{pid}.ini"
+    write_ini(
+        daemon.kcrash_dir / name,
+        f"""
+        [KCrashTags]
+        tag1=value
+        [KCrash]
+        exe=/usr/bin/kf6app
+        appname=kf6app
+        signal=11
+        pid={pid}
+        exceptionwhat=line one\\nline two
+        [KCrashComplete]
+        Complete=1
+        """,
+    )
+    crash = await daemon.client.crash(pid)
+    assert crash["kcrash_complete"] is True
+    assert crash["kcrash_source"] == "kcrash-v2"
+    assert crash["kcrash"]["exceptionwhat"] == "line one\nline two"
+    assert crash["kcrash_filled"] == []
+
+
+async def test_incomplete_kf6_file_is_published_after_grace_with_gaps_filled(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    await start(daemon, remote_journal)
+    entry = remote_journal.coredump(
+        COREDUMP_EXE="/usr/bin/kf6app", COREDUMP_COMM="kf6app", COREDUMP_PROC_MAPS=KF6_MAPS
+    )
+    pid = int(entry["COREDUMP_PID"])
+    write_ini(
+        daemon.kcrash_dir / f"kf6app.{remote_journal.boot_id}.{pid}.ini",
+        "[KCrash]\nexe=/usr/bin/kf6app\nappname=kf6app\n",
+    )
+    remote_journal.append(entry)
+    crash = await daemon.client.crash(pid)
+    assert crash["kcrash_complete"] is False
+    assert crash["kcrash"]["signal"] == "11"
+    assert crash["kcrash"]["pid"] == str(pid)
+    assert sorted(crash["kcrash_filled"]) == ["pid", "signal"]
+    assert (await daemon.stats())["lookups"] >= 2  # it did wait and look again
+
+
+async def test_drkonqi_json_record_is_the_fallback(daemon: Daemon, remote_journal: RemoteJournal):
+    """DrKonqi's launcher consumed the INI; its JSON record still has the kcrash keys."""
+    await start(daemon, remote_journal)
+    entry = remote_journal.coredump(
+        COREDUMP_EXE="/usr/bin/kf6app", COREDUMP_COMM="kf6app", COREDUMP_PROC_MAPS=KF6_MAPS
+    )
+    pid, ts = int(entry["COREDUMP_PID"]), int(entry["COREDUMP_TIMESTAMP"])
+    records = daemon.cache_home / "drkonqi" / "crashes"
+    records.mkdir(parents=True)
+    (records / f"kf6app.{remote_journal.boot_id}.{pid}.{ts}.ini").write_text(
+        json.dumps(
+            {
+                "version": 2,
+                "kcrash": {"exe": "/usr/bin/kf6app", "appname": "kf6app", "pid": str(pid)},
+                "kcrash-complete": True,
+                "drkonqi": {"PickedUp": True},
+            }
+        )
+    )
+    remote_journal.append(entry)
+    crash = await daemon.client.crash(pid)
+    assert crash["kcrash_source"] == "drkonqi"
+    assert crash["kcrash"]["appname"] == "kf6app"
+
+
+async def test_fifo_and_symlink_metadata_neither_block_nor_leak(
+    daemon: Daemon, remote_journal: RemoteJournal, tmp_path: Path
+):
+    await start(daemon, remote_journal)
+    secret = tmp_path / "secret.ini"
+    write_ini(secret, "[KCrash]\nexe=/usr/bin/kronometer\nappname=LEAKED\n")
+    e1 = remote_journal.coredump("kronometer-sigsegv.export")
+    e2 = remote_journal.coredump("kronometer-sigsegv.export")
+    p1, p2 = int(e1["COREDUMP_PID"]), int(e2["COREDUMP_PID"])
+    os.mkfifo(daemon.kcrash_dir / f"{p1}.ini")  # a FIFO with no writer: open() must not block
+    (daemon.kcrash_dir / f"{p2}.ini").symlink_to(secret)
+    remote_journal.append(e1, e2)
+    c1 = await daemon.client.crash(p1)
+    c2 = await daemon.client.crash(p2)
+    assert c1["kcrash"] == {}
+    assert c2["kcrash"] == {}
+    assert "refused" in daemon.log_text()
+
+
+async def test_forged_entry_in_journal_is_dropped_and_counted(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    """Entries whose trusted fields name another program are never published."""
+    await start(daemon, remote_journal)
+    forged = remote_journal.coredump(_UID="1000", _EXE="/usr/bin/python3", _COMM="python3")
+    forged_root = remote_journal.coredump(_UID="0", _EXE="/usr/bin/logger", _COMM="logger")
+    real = remote_journal.coredump()
+    remote_journal.append(forged, forged_root, real)
+    await daemon.client.crash(int(real["COREDUMP_PID"]))
+    assert [c["pid"] for c in daemon.client.detected()] == [int(real["COREDUMP_PID"])]
+    assert (await daemon.stats())["forged"] == 2
+
+
+async def test_other_users_crashes_only_with_all_users(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    other = remote_journal.coredump(COREDUMP_UID="4242")
+    mine = remote_journal.coredump()
+    remote_journal.append(other, mine)
+    await start(daemon, remote_journal)
+    await daemon.client.crash(int(mine["COREDUMP_PID"]))
+    await daemon.caught_up()
+    assert len(daemon.client.detected()) == 1
+    assert (await daemon.stats())["other_user"] == 1
+    await daemon.stop()
+
+    daemon.args = [f"--journal-dir={remote_journal.directory}", "--all-users"]
+    (daemon.tmp / "state").rename(daemon.tmp / "state.old")
+    await daemon.start()
+    crash = await daemon.client.crash(int(other["COREDUMP_PID"]))
+    assert crash["uid"] == 4242
+
+
+async def test_catch_up_marks_past_and_flips_caught_up(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    """More entries than one batch (256) exist before the first start."""
+    entries = [remote_journal.coredump() for _ in range(600)]
+    remote_journal.append(*entries)
+    remote_journal.wait_written(600)
+    await start(daemon, remote_journal)
+    await daemon.caught_up()
+    listed = await daemon.call("ListCrashes", "a{sv}", {})
+    assert len(listed) == 600
+    assert all(c["past"] for c in listed)
+    assert [c["timestamp"] for c in listed] == sorted((c["timestamp"] for c in listed), reverse=True)
+    live = remote_journal.coredump()
+    remote_journal.append(live)
+    crash = await daemon.client.crash(int(live["COREDUMP_PID"]))
+    assert crash["past"] is False
+
+
+async def test_restart_neither_loses_nor_repeats(daemon: Daemon, remote_journal: RemoteJournal):
+    await start(daemon, remote_journal)
+    first = remote_journal.coredump()
+    remote_journal.append(first)
+    c_first = await daemon.client.crash(int(first["COREDUMP_PID"]))
+    assert await daemon.stop() == 0
+
+    while_down = [remote_journal.coredump(), remote_journal.coredump()]
+    remote_journal.append(*while_down)
+    remote_journal.wait_written(3)
+    daemon.client.signals.clear()
+    await daemon.start()
+    await daemon.caught_up()
+    for e in while_down:
+        crash = await daemon.client.crash(int(e["COREDUMP_PID"]))
+        assert crash["past"] is True
+    listed = await daemon.call("ListCrashes", "a{sv}", {})
+    assert sorted(c["id"] for c in listed) == sorted(
+        [c_first["id"], *(c["id"] for c in daemon.client.detected())]
+    )
+    assert len(daemon.client.detected()) == 2  # the first crash was not announced again
+
+
+async def test_kill_9_then_restart_repeats_nothing(daemon: Daemon, remote_journal: RemoteJournal):
+    await start(daemon, remote_journal)
+    entries = [remote_journal.coredump() for _ in range(50)]
+    remote_journal.append(*entries)
+    await daemon.client.wait_for(lambda: len(daemon.client.detected()) == 50)
+    assert await daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    daemon.client.signals.clear()
+    await daemon.start()
+    await daemon.caught_up()
+    assert daemon.client.detected() == []
+    assert len(await daemon.call("ListCrashes", "a{sv}", {})) == 50
+
+
+async def test_claim_dismiss_and_named_errors(daemon: Daemon, remote_journal: RemoteJournal):
+    await start(daemon, remote_journal)
+    entry = remote_journal.coredump("kronometer-sigsegv.export")
+    pid = int(entry["COREDUMP_PID"])
+    ini = write_ini(daemon.kcrash_dir / f"{pid}.ini", f"[KCrash]\nexe=/usr/bin/kronometer\npid={pid}\n")
+    remote_journal.append(entry)
+    crash_id = (await daemon.client.crash(pid))["id"]
+
+    assert await daemon.call("Claim", "ss", crash_id, "test-launcher") is True
+    assert await daemon.call("Claim", "ss", crash_id, "other") is False
+    updated = await daemon.client.wait_for(
+        lambda: [b for n, b in daemon.client.signals if n == "CrashUpdated"]
+    )
+    assert updated[0] == [crash_id, {"state": "claimed", "claimed_by": "test-launcher"}]
+
+    await daemon.call("Dismiss", "s", crash_id)
+    await daemon.client.wait_for(lambda: ("CrashRemoved", [crash_id]) in daemon.client.signals)
+    assert not ini.exists()
+    assert await daemon.call("ListCrashes", "a{sv}", {}) == []
+    dismissed = await daemon.call("ListCrashes", "a{sv}", variant_filter(include_dismissed=True))
+    assert [c["state"] for c in dismissed] == ["dismissed"]
+
+    bus = daemon.client.bus
+    from conftest import bus_call
+
+    cases = [
+        ("GetCrash", "s", ["nope"], "NoSuchCrash"),
+        ("Dismiss", "s", ["nope"], "NoSuchCrash"),
+        ("Claim", "ss", [crash_id, ""], "InvalidArgs"),
+        ("ListCrashes", "a{sv}", [variant_filter(bogus=True)], "InvalidArgs"),
+        ("ListCrashes", "a{sv}", [variant_filter(limit=0)], "InvalidArgs"),
+        ("ListCrashes", "a{sv}", [variant_filter(state="weird")], "InvalidArgs"),
+        ("ListCrashes", "a{sv}", [variant_filter(exe=7)], "InvalidArgs"),
+        ("GetBacktrace", "s", [crash_id], "NotSupported"),
+    ]
+    for member, sig, body, err in cases:
+        reply = await bus_call(bus, member, sig, body)
+        assert reply.message_type == MessageType.ERROR, member
+        assert reply.error_name == error_name(err), (member, reply.error_name, reply.body)
+        assert "Traceback" not in reply.body[0]
+
+
+async def test_filters(daemon: Daemon, remote_journal: RemoteJournal):
+    sleeps = [remote_journal.coredump() for _ in range(3)]
+    krono = remote_journal.coredump("kronometer-sigsegv.export")
+    remote_journal.append(*sleeps, krono)
+    await start(daemon, remote_journal)
+    await daemon.client.wait_for(lambda: len(daemon.client.detected()) == 4)
+    by_exe = await daemon.call("ListCrashes", "a{sv}", variant_filter(exe="kronometer"))
+    assert [c["pid"] for c in by_exe] == [int(krono["COREDUMP_PID"])]
+    newest_two = await daemon.call("ListCrashes", "a{sv}", variant_filter(limit=2))
+    assert [c["pid"] for c in newest_two] == [int(krono["COREDUMP_PID"]), int(sleeps[2]["COREDUMP_PID"])]
+    since = int(sleeps[1]["COREDUMP_TIMESTAMP"])
+    recent = await daemon.call("ListCrashes", "a{sv}", variant_filter(since=since))
+    assert len(recent) == 3
+    assert (await daemon.call("ListCrashes", "a{sv}", {}))[0]["occurrences"] == 1
+    assert max(c["occurrences"] for c in await daemon.call("ListCrashes", "a{sv}", {})) == 3
