@@ -27,10 +27,9 @@ from dbus_fast.aio import MessageBus
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import export_format  # noqa: E402
-
-from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH  # noqa: E402
-from crashbroker.adapters.dbus_record import unwrap  # noqa: E402
+import export_format
+from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
+from crashbroker.adapters.dbus_record import unwrap
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -184,9 +183,7 @@ async def client(bus_address: str) -> AsyncIterator[Recorder]:
     bus = await MessageBus(bus_address=bus_address).connect()
     rec = Recorder(bus)
     bus.add_message_handler(rec.on_message)
-    await dbus_daemon_call(
-        bus, "AddMatch", "s", f"type='signal',interface='{MANAGER_INTERFACE}'"
-    )
+    await dbus_daemon_call(bus, "AddMatch", "s", f"type='signal',interface='{MANAGER_INTERFACE}'")
     await dbus_daemon_call(
         bus,
         "AddMatch",
@@ -233,9 +230,7 @@ class Daemon:
         return self.tmp / "daemon.log"
 
     def env(self) -> dict[str, str]:
-        env = {
-            k: v for k, v in os.environ.items() if k not in ("XDG_STATE_HOME", "XDG_CACHE_HOME")
-        }
+        env = {k: v for k, v in os.environ.items() if k not in ("XDG_STATE_HOME", "XDG_CACHE_HOME")}
         env.update(
             DBUS_SESSION_BUS_ADDRESS=self.bus_address,
             XDG_STATE_HOME=str(self.tmp / "state"),

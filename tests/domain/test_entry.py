@@ -15,7 +15,7 @@ from crashbroker.domain.entry import (
     TrustPolicy,
     Verdict,
     classify,
-    kcrash_lib_from_maps,
+    kcrash_lib_from,
     signal_name,
     written_by_coredump,
 )
@@ -352,8 +352,15 @@ def test_classify_derives_signal_name_when_missing() -> None:
         ("7f0-7f1 r-xp 0 fe:00 1 /usr/lib/libkf5crash.so.5\n", KCrashLib.NONE),
     ],
 )
-def test_kcrash_lib_from_maps(maps: str, expected: KCrashLib) -> None:
-    assert kcrash_lib_from_maps(maps) is expected
+def test_kcrash_lib_from(maps: str, expected: KCrashLib) -> None:
+    assert kcrash_lib_from(maps) is expected
+
+
+def test_kcrash_lib_from_stack_trace_when_maps_are_cut_short() -> None:
+    trace = "#2  0x00007f0af455c83d _ZN6KCrash19defaultCrashHandlerEi (libKF5Crash.so.5 + 0x583d)"
+    assert (
+        kcrash_lib_from("7f0-7f1 r-xp 0 fe:00 1 /usr/lib/libQt5Core.so.5\n", trace) is KCrashLib.KF5
+    )
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Daemon, RemoteJournal, bus_call
 from dbus_fast import MessageType
 from dbus_fast.introspection import Interface, Node
 
+from conftest import Daemon, RemoteJournal, bus_call
 from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 
 CONTRACT = Path(__file__).resolve().parents[2] / "dbus" / "org.kde.crashbroker1.Manager.xml"

@@ -9,17 +9,19 @@ import os
 import signal
 from pathlib import Path
 
-from conftest import Daemon, RemoteJournal, variant_filter, write_ini
 from dbus_fast import MessageType
 
+from conftest import Daemon, RemoteJournal, variant_filter, write_ini
 from crashbroker.adapters.dbus_names import error_name
 
-KF6_MAPS = b"7f0000000000-7f0000001000 r-xp 00000000 fe:01 42 /usr/lib/x86_64-linux-gnu/libKF6Crash.so.6.8.0\n"
+KF6_MAPS = b"7f0000000000-7f0000001000 r-xp 00000000 fe:01 42 /usr/lib/libKF6Crash.so.6.8.0\n"
 
 
 async def start(daemon: Daemon, rj: RemoteJournal, *extra: str) -> None:
+    """Start on the journal directory; entries appended after this are live (past=false)."""
     daemon.args = [f"--journal-dir={rj.directory}", "--grace-ms=300", *extra]
     await daemon.start()
+    await daemon.caught_up()
 
 
 async def test_replayed_real_entry_is_published(daemon: Daemon, remote_journal: RemoteJournal):
@@ -67,9 +69,7 @@ async def test_kcrash_v1_ini_is_correlated(daemon: Daemon, remote_journal: Remot
     assert crash["bug_address"] == "submit@bugs.kde.org"
 
 
-async def test_v1_ini_of_another_program_is_not_used(
-    daemon: Daemon, remote_journal: RemoteJournal
-):
+async def test_v1_ini_of_another_program_is_not_used(daemon: Daemon, remote_journal: RemoteJournal):
     """pid reuse / a hostile file: <pid>.ini whose exe= names another program is refused."""
     await start(daemon, remote_journal)
     entry = remote_journal.coredump("kronometer-sigsegv.export")
@@ -87,6 +87,7 @@ async def test_kf6_v2_file_arriving_late_is_waited_for(
     """Journal entry first, metadata second: the crash waits (within grace) for the file."""
     daemon.args = [f"--journal-dir={remote_journal.directory}", "--grace-ms=20000"]
     await daemon.start()
+    await daemon.caught_up()
     entry = remote_journal.coredump(
         COREDUMP_EXE="/usr/bin/kf6app", COREDUMP_COMM="kf6app", COREDUMP_PROC_MAPS=KF6_MAPS
     )
@@ -232,7 +233,9 @@ async def test_catch_up_marks_past_and_flips_caught_up(
     listed = await daemon.call("ListCrashes", "a{sv}", {})
     assert len(listed) == 600
     assert all(c["past"] for c in listed)
-    assert [c["timestamp"] for c in listed] == sorted((c["timestamp"] for c in listed), reverse=True)
+    assert [c["timestamp"] for c in listed] == sorted(
+        (c["timestamp"] for c in listed), reverse=True
+    )
     live = remote_journal.coredump()
     remote_journal.append(live)
     crash = await daemon.client.crash(int(live["COREDUMP_PID"]))
@@ -279,7 +282,9 @@ async def test_claim_dismiss_and_named_errors(daemon: Daemon, remote_journal: Re
     await start(daemon, remote_journal)
     entry = remote_journal.coredump("kronometer-sigsegv.export")
     pid = int(entry["COREDUMP_PID"])
-    ini = write_ini(daemon.kcrash_dir / f"{pid}.ini", f"[KCrash]\nexe=/usr/bin/kronometer\npid={pid}\n")
+    ini = write_ini(
+        daemon.kcrash_dir / f"{pid}.ini", f"[KCrash]\nexe=/usr/bin/kronometer\npid={pid}\n"
+    )
     remote_journal.append(entry)
     crash_id = (await daemon.client.crash(pid))["id"]
 
@@ -326,7 +331,10 @@ async def test_filters(daemon: Daemon, remote_journal: RemoteJournal):
     by_exe = await daemon.call("ListCrashes", "a{sv}", variant_filter(exe="kronometer"))
     assert [c["pid"] for c in by_exe] == [int(krono["COREDUMP_PID"])]
     newest_two = await daemon.call("ListCrashes", "a{sv}", variant_filter(limit=2))
-    assert [c["pid"] for c in newest_two] == [int(krono["COREDUMP_PID"]), int(sleeps[2]["COREDUMP_PID"])]
+    assert [c["pid"] for c in newest_two] == [
+        int(krono["COREDUMP_PID"]),
+        int(sleeps[2]["COREDUMP_PID"]),
+    ]
     since = int(sleeps[1]["COREDUMP_TIMESTAMP"])
     recent = await daemon.call("ListCrashes", "a{sv}", variant_filter(since=since))
     assert len(recent) == 3

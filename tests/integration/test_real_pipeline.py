@@ -10,6 +10,7 @@ import shutil
 import signal
 
 import pytest
+
 from conftest import (
     COREDUMP_MESSAGE_ID,
     Daemon,

@@ -22,8 +22,9 @@ COREDUMP_EXES = frozenset({"/usr/lib/systemd/systemd-coredump", "/lib/systemd/sy
 MAX_TEXT = 4096
 MAX_PATH = 4096
 _HEX32 = re.compile(r"[0-9a-f]{32}")
-_KF5_CRASH = re.compile(r"/libKF5Crash\.so")
-_KF6_CRASH = re.compile(r"/libKF6Crash\.so")
+# "/usr/lib/…/libKF5Crash.so.5.103.0" in the maps, "(libKF5Crash.so.5 + 0x583d)" in the trace.
+_KF5_CRASH = re.compile(r"\blibKF5Crash\.so")
+_KF6_CRASH = re.compile(r"\blibKF6Crash\.so")
 
 
 class Verdict(enum.Enum):
@@ -87,12 +88,19 @@ def written_by_coredump(fields: JournalFields, writer_uids: frozenset[int]) -> b
     return uid != 0
 
 
-def kcrash_lib_from_maps(maps: str) -> KCrashLib:
-    """Which KCrash library the crashed process had mapped, from ``COREDUMP_PROC_MAPS``."""
-    if _KF6_CRASH.search(maps):
-        return KCrashLib.KF6
-    if _KF5_CRASH.search(maps):
-        return KCrashLib.KF5
+def kcrash_lib_from(*texts: str) -> KCrashLib:
+    """Which KCrash library the crashed process had, from ``COREDUMP_PROC_MAPS`` and the stack
+    trace in ``MESSAGE``.
+
+    Both are needed: systemd-coredump can store the maps cut short (the recorded kronometer entry
+    ends among Qt's plugins, before ``libKF5Crash.so``), while the trace names the module of each
+    frame, and a KCrash crash always passes through ``KCrash::defaultCrashHandler``.
+    """
+    for text in texts:
+        if _KF6_CRASH.search(text):
+            return KCrashLib.KF6
+        if _KF5_CRASH.search(text):
+            return KCrashLib.KF5
     return KCrashLib.NONE
 
 
@@ -155,6 +163,6 @@ def classify(fields: JournalFields, policy: TrustPolicy) -> tuple[Verdict, Cored
         core_filename=core_filename,
         core_in_journal="COREDUMP" in fields,
         truncated=fields.get("COREDUMP_TRUNCATED", "") in ("1", "yes", "true"),
-        kcrash_lib=kcrash_lib_from_maps(fields.get("COREDUMP_PROC_MAPS", "")),
+        kcrash_lib=kcrash_lib_from(fields.get("COREDUMP_PROC_MAPS", ""), fields.get("MESSAGE", "")),
     )
     return Verdict.ACCEPT, entry

@@ -55,7 +55,10 @@ def safe_name(name: str) -> bool:
 
 
 def _clean(text: str, limit: int) -> str:
-    return _CONTROL_RE.sub("\ufffd", text[:limit])
+    """Capped, without NUL/control characters, and valid UTF-8: JSON escapes can spell lone
+    surrogates ("\\ud800"), which D-Bus cannot carry (dbus-fast raises UnicodeEncodeError)."""
+    text = text[:limit].encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return _CONTROL_RE.sub("\ufffd", text)
 
 
 def unescape(value: str) -> str:
