@@ -322,11 +322,11 @@ async def daemon(tmp_path: Path, bus_address: str, client: Recorder) -> AsyncIte
 class RemoteJournal:
     """A journal directory fed through ``systemd-journal-remote`` from export-format entries."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, name: str = "remote") -> None:
         self.directory = directory
-        directory.mkdir()
+        directory.mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
-            [JOURNAL_REMOTE, f"--output={directory}/remote.journal", "--split-mode=none", "-"],
+            [JOURNAL_REMOTE, f"--output={directory}/{name}.journal", "--split-mode=none", "-"],
             stdin=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

@@ -340,3 +340,21 @@ async def test_filters(daemon: Daemon, remote_journal: RemoteJournal):
     assert len(recent) == 3
     assert (await daemon.call("ListCrashes", "a{sv}", {}))[0]["occurrences"] == 1
     assert max(c["occurrences"] for c in await daemon.call("ListCrashes", "a{sv}", {})) == 3
+
+
+async def test_new_journal_file_in_directory_is_followed(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    """journal-remote rotating (or a second machine's file appearing) in --journal-dir."""
+    await start(daemon, remote_journal)
+    first = remote_journal.coredump()
+    remote_journal.append(first)
+    await daemon.client.crash(int(first["COREDUMP_PID"]))
+    second_writer = RemoteJournal(remote_journal.directory, name="second")
+    try:
+        entry = remote_journal.coredump()
+        second_writer.append(entry)
+        crash = await daemon.client.crash(int(entry["COREDUMP_PID"]))
+        assert crash["past"] is False
+    finally:
+        second_writer.close()

@@ -126,3 +126,15 @@ async def test_crashes_while_stopped_appear_once_as_past(daemon: Daemon):
     await daemon.caught_up()
     assert daemon.client.detected() == []
     assert len(await daemon.call("ListCrashes", "a{sv}", {})) == 2
+
+
+async def test_follows_across_journal_rotation(daemon: Daemon):
+    await start_local(daemon)
+    before = await crash_sleep()
+    await daemon.client.crash(before)
+    rotate = await asyncio.create_subprocess_exec("journalctl", "--rotate")
+    assert await rotate.wait() == 0
+    after = await crash_sleep()
+    crash = await daemon.client.crash(after)
+    assert crash["past"] is False
+    assert daemon.proc is not None and daemon.proc.returncode is None
