@@ -18,76 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from dbus_fast import BusType, Message, MessageType, Variant
-from dbus_fast.aio import MessageBus
+from dbus_fast import Variant
 
 from crashbroker import __version__
-from crashbroker.adapters.dbus_names import (
-    BUS_NAME,
-    ERROR_PREFIX,
-    MANAGER_INTERFACE,
-    OBJECT_PATH,
-)
-from crashbroker.adapters.dbus_record import unwrap
+from crashbroker.adapters.dbus_names import BUS_NAME
 from crashbroker.adapters.journal import CatchUp
+from crashbroker.client import BrokerClient, ClientError, connect_bus
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3
-
-_NOT_RUNNING = (
-    "org.freedesktop.DBus.Error.ServiceUnknown",
-    "org.freedesktop.DBus.Error.NameHasNoOwner",
-)
-
-
-class ClientError(Exception):
-    """A D-Bus call failed; ``name`` is the D-Bus error name."""
-
-    def __init__(self, name: str, text: str) -> None:
-        self.name = name
-        self.text = text
-        super().__init__(f"{name}: {text}")
-
-
-class Client:
-    """A thin client of ``org.kde.crashbroker1.Manager``."""
-
-    def __init__(self, bus: MessageBus) -> None:
-        self.bus = bus
-
-    async def call(self, member: str, signature: str = "", body: Sequence[Any] = ()) -> Any:
-        reply = await self.bus.call(
-            Message(
-                destination=BUS_NAME,
-                path=OBJECT_PATH,
-                interface=MANAGER_INTERFACE,
-                member=member,
-                signature=signature,
-                body=list(body),
-            )
-        )
-        assert reply is not None
-        if reply.message_type == MessageType.ERROR:
-            text = reply.body[0] if reply.body else ""
-            raise ClientError(reply.error_name or "", str(text))
-        return reply.body[0] if len(reply.body) == 1 else reply.body
-
-    async def resolve(self, crash_id: str) -> str:
-        """Accept a unique id prefix, as git does for commits."""
-        crashes = await self.call(
-            "ListCrashes", "a{sv}", [{"include_dismissed": Variant("b", True)}]
-        )
-        ids: list[str] = [unwrap(c["id"]) for c in crashes]
-        if crash_id in ids:
-            return crash_id
-        matches = [i for i in ids if i.startswith(crash_id)]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise ClientError(ERROR_PREFIX + "InvalidArgs", f"{crash_id!r} is ambiguous")
-        raise ClientError(ERROR_PREFIX + "NoSuchCrash", f"no crash with id {crash_id!r}")
 
 
 def _fmt_time(usec: int) -> str:
@@ -148,22 +89,17 @@ def print_crash(c: dict[str, Any], out: TextIO) -> None:
             print(f"{'':>{width}}  {k}={v}{filled}", file=out)
 
 
-async def _connect(address: str | None) -> MessageBus:
-    bus = MessageBus(bus_address=address) if address else MessageBus(bus_type=BusType.SESSION)
-    return await bus.connect()
-
-
 async def client_main(args: argparse.Namespace) -> int:
     try:
-        bus = await _connect(args.bus_address)
+        bus = await connect_bus(args.bus_address)
     except Exception as exc:  # any reason we cannot reach a bus means the same to a user
         print(f"crashbroker: cannot connect to the session bus: {exc}", file=sys.stderr)
         return EXIT_NO_DAEMON
-    client = Client(bus)
+    client = BrokerClient(bus)
     try:
         return int(await args.handler(client, args))
     except ClientError as exc:
-        if exc.name in _NOT_RUNNING:
+        if exc.not_running:
             print(
                 f"crashbroker: the daemon is not running ({BUS_NAME} has no owner on the "
                 "session bus). Start it with 'crashbroker daemon' or "
@@ -171,14 +107,18 @@ async def client_main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_NO_DAEMON
-        name = exc.name.removeprefix(ERROR_PREFIX)
-        print(f"crashbroker: {name}: {exc.text}", file=sys.stderr)
-        return EXIT_USAGE if name == "InvalidArgs" else EXIT_FAILED
+        print(f"crashbroker: {exc.short_name}: {exc.text}", file=sys.stderr)
+        return EXIT_USAGE if exc.short_name == "InvalidArgs" else EXIT_FAILED
     finally:
         bus.disconnect()
 
 
-async def cmd_list(client: Client, args: argparse.Namespace) -> int:
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout)
+    print()
+
+
+async def cmd_list(client: BrokerClient, args: argparse.Namespace) -> int:
     flt: dict[str, Variant] = {}
     if args.all:
         flt["include_dismissed"] = Variant("b", True)
@@ -190,27 +130,24 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> int:
         flt["limit"] = Variant("u", args.limit)
     if args.since is not None:
         flt["since"] = Variant("t", int((time.time() - args.since) * 1_000_000))
-    crashes = unwrap(await client.call("ListCrashes", "a{sv}", [flt]))
+    crashes = await client.list_crashes(**flt)
     if args.json:
-        json.dump(crashes, sys.stdout)
-        print()
+        _print_json(crashes)
     else:
         print_table(crashes, sys.stdout)
     return EXIT_OK
 
 
-async def cmd_show(client: Client, args: argparse.Namespace) -> int:
-    crash_id = await client.resolve(args.id)
-    crash = unwrap(await client.call("GetCrash", "s", [crash_id]))
+async def cmd_show(client: BrokerClient, args: argparse.Namespace) -> int:
+    crash = await client.get_crash(await client.resolve(args.id))
     if args.json:
-        json.dump(crash, sys.stdout)
-        print()
+        _print_json(crash)
     else:
         print_crash(crash, sys.stdout)
     return EXIT_OK
 
 
-async def cmd_dismiss(client: Client, args: argparse.Namespace) -> int:
+async def cmd_dismiss(client: BrokerClient, args: argparse.Namespace) -> int:
     if args.all:
         await client.call("DismissAll")
         return EXIT_OK
@@ -218,80 +155,62 @@ async def cmd_dismiss(client: Client, args: argparse.Namespace) -> int:
         print("crashbroker dismiss: give crash ids or --all", file=sys.stderr)
         return EXIT_USAGE
     for raw in args.ids:
-        await client.call("Dismiss", "s", [await client.resolve(raw)])
+        await client.dismiss(await client.resolve(raw))
     return EXIT_OK
 
 
-async def cmd_stats(client: Client, args: argparse.Namespace) -> int:
-    stats = unwrap(await client.call("GetStats"))
+async def cmd_stats(client: BrokerClient, args: argparse.Namespace) -> int:
+    stats = await client.call("GetStats")
     if args.json:
-        json.dump(stats, sys.stdout)
-        print()
+        _print_json(stats)
     else:
         for k, v in stats.items():
             print(f"{k}: {v}")
     return EXIT_OK
 
 
-async def cmd_watch(client: Client, args: argparse.Namespace) -> int:
+async def cmd_watch(client: BrokerClient, args: argparse.Namespace) -> int:
     """Print one JSON line per signal until interrupted, the bus goes, or ``--count`` lines."""
-    bus = client.bus
-    done = asyncio.Event()
-    seen = 0
-    rule = f"type='signal',sender='{BUS_NAME}',interface='{MANAGER_INTERFACE}',path='{OBJECT_PATH}'"
-
-    def on_message(msg: Message) -> None:
-        nonlocal seen
-        if msg.message_type != MessageType.SIGNAL or msg.interface != MANAGER_INTERFACE:
-            return
-        body = unwrap(msg.body)
-        event: dict[str, Any] = {"signal": msg.member, "id": body[0]}
-        if len(body) > 1:
-            event["crash" if msg.member == "CrashDetected" else "changed"] = body[1]
-        print(json.dumps(event), flush=True)
-        seen += 1
-        if args.count and seen >= args.count:
-            done.set()
-
-    bus.add_message_handler(on_message)
-    await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="AddMatch",
-            signature="s",
-            body=[rule],
-        )
-    )
+    await client.subscribe()
     if not args.quiet:
-        owner = await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="NameHasOwner",
-                signature="s",
-                body=[BUS_NAME],
-            )
-        )
-        if owner is not None and owner.body and not owner.body[0]:
+        if not await client.daemon_running():
             print(f"crashbroker: waiting for {BUS_NAME} to appear…", file=sys.stderr)
         # Printed once the match rule is in place: from here on no signal is missed.
         print(f"crashbroker: watching {BUS_NAME} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+
+    async def pump() -> None:
+        seen = 0
+        async for event in client.events():
+            line: dict[str, Any] = {"signal": _SIGNALS[event.kind], "id": event.crash_id}
+            if event.kind == "detected":
+                line["crash"] = event.data
+            elif event.kind == "updated":
+                line["changed"] = event.data
+            print(json.dumps(line), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                return
+
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, done.set)
-    gone = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
-    waiter = asyncio.ensure_future(done.wait())
+        loop.add_signal_handler(signum, stop.set)
+    tasks = [
+        asyncio.ensure_future(pump()),
+        asyncio.ensure_future(stop.wait()),
+        asyncio.ensure_future(client.bus.wait_for_disconnect()),  # type: ignore[no-untyped-call]
+    ]
     try:
-        await asyncio.wait([gone, waiter], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in (gone, waiter):
-            t.cancel()
+        for task in tasks:
+            task.cancel()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-    return EXIT_OK if waiter.done() and not waiter.cancelled() else EXIT_FAILED
+    return EXIT_FAILED if tasks[2] in done else EXIT_OK
+
+
+_SIGNALS = {"detected": "CrashDetected", "updated": "CrashUpdated", "removed": "CrashRemoved"}
 
 
 def build_parser() -> argparse.ArgumentParser:
