@@ -44,11 +44,12 @@ class JournalBatch:
     position: str | None  # a resumable position even when ``entries`` is empty
 
 
-def _to_str(value: Any) -> str:
+def field_text(value: Any) -> str:
+    """A journal field value as text: bytes decoded (invalid UTF-8 replaced), repeats → first."""
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, list):  # a field logged more than once: keep the first
-        return _to_str(value[0]) if value else ""
+        return field_text(value[0]) if value else ""
     if isinstance(value, datetime):
         return str(int(value.timestamp() * 1_000_000))
     return str(value)
@@ -98,7 +99,7 @@ class JournalSource:
             where = self._directory or "the local journal"
             raise JournalError(f"cannot open {where}: {exc}") from exc
         # No typed conversion (UUIDs, datetimes): values are text, or bytes when not UTF-8,
-        # and _to_str makes everything text. The three synthetic fields come as Python values.
+        # and field_text makes everything text. The three synthetic fields come as Python values.
         reader.converters = {
             "__REALTIME_TIMESTAMP": str,
             "__MONOTONIC_TIMESTAMP": str,
@@ -121,7 +122,7 @@ class JournalSource:
             reader.seek_tail()
             last = reader.get_previous()
             self._position = (
-                _to_str(last["__CURSOR"])
+                field_text(last["__CURSOR"])
                 if last
                 else REALTIME_PREFIX + str(int(datetime.now(tz=UTC).timestamp() * 1_000_000))
             )
@@ -149,7 +150,7 @@ class JournalSource:
                 skip, self._skip_cursor = self._skip_cursor, None
                 if reader.test_cursor(skip):
                     continue
-            fields = {k: _to_str(v) for k, v in raw.items()}
+            fields = {k: field_text(v) for k, v in raw.items()}
             self._position = fields.get("__CURSOR", self._position)
             entries.append(fields)
         return JournalBatch(entries, at_end=False, position=self._position)
