@@ -40,6 +40,8 @@ class Store(Protocol):
 
     def save_cursor(self, cursor: str) -> None: ...
 
+    def expire(self, before_us: int) -> list[str]: ...
+
 
 @dataclass(slots=True)
 class Stats:
@@ -290,6 +292,27 @@ class Broker:
             self._metadata.remove_ini(crash.metadata_path)
         self.publisher.crash_removed(crash_id)
         self.publisher.properties_changed(["CrashCount"])
+
+    def expire(self, max_age_s: int) -> int:
+        """Forget crashes older than ``max_age_s`` (by COREDUMP_TIMESTAMP); CrashRemoved for those
+        still shown. Returns how many were removed.
+
+        Raises:
+            StoreError: the rows could not be deleted (nothing is forgotten then).
+        """
+        cutoff = self._wall() - max_age_s * 1_000_000
+        removed = self._store.expire(cutoff)
+        for crash_id in removed:
+            crash = self._crashes.pop(crash_id, None)
+            if crash is None:
+                continue
+            self._signatures[crash.signature] -= 1
+            if not crash.dismissed:
+                self.publisher.crash_removed(crash_id)
+        if removed:
+            logger.info("expired %d crashes older than %d s", len(removed), max_age_s)
+            self.publisher.properties_changed(["CrashCount"])
+        return len(removed)
 
     def dismiss_all(self) -> int:
         ids = [c.id for c in self._crashes.values() if not c.dismissed]

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 from dbus_fast import MessageType
@@ -358,3 +359,23 @@ async def test_new_journal_file_in_directory_is_followed(
         assert crash["past"] is False
     finally:
         second_writer.close()
+
+
+async def test_expire_forgets_old_crashes(daemon: Daemon, remote_journal: RemoteJournal):
+    now_us = int(time.time() * 1_000_000)
+    old = remote_journal.coredump(COREDUMP_TIMESTAMP=str(now_us - 10 * 86400 * 1_000_000))
+    new = remote_journal.coredump(COREDUMP_TIMESTAMP=str(now_us - 60 * 1_000_000))
+    remote_journal.append(old, new)
+    await start(daemon, remote_journal)
+    old_id = (await daemon.client.crash(int(old["COREDUMP_PID"])))["id"]
+    new_id = (await daemon.client.crash(int(new["COREDUMP_PID"])))["id"]
+    assert await daemon.call("Expire", "t", 86400) == 1
+    await daemon.client.wait_for(lambda: ("CrashRemoved", [old_id]) in daemon.client.signals)
+    listed = await daemon.call("ListCrashes", "a{sv}", variant_filter(include_dismissed=True))
+    assert [c["id"] for c in listed] == [new_id]
+    await daemon.stop()
+    daemon.client.signals.clear()
+    await daemon.start()  # the row is gone from the store too, and is not re-read as new
+    await daemon.caught_up()
+    listed = await daemon.call("ListCrashes", "a{sv}", variant_filter(include_dismissed=True))
+    assert [c["id"] for c in listed] == [new_id]

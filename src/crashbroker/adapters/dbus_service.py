@@ -13,7 +13,14 @@ from contextlib import contextmanager
 from typing import Annotated, Any, Protocol
 
 from dbus_fast import DBusError, Variant
-from dbus_fast.annotations import DBusBool, DBusDict, DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.annotations import (
+    DBusBool,
+    DBusDict,
+    DBusSignature,
+    DBusStr,
+    DBusUInt32,
+    DBusUInt64,
+)
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
@@ -45,6 +52,8 @@ class Manager(Protocol):
     def dismiss(self, crash_id: str) -> None: ...
 
     def dismiss_all(self) -> int: ...
+
+    def expire(self, max_age_s: int) -> int: ...
 
     def claim(self, crash_id: str, handler: str) -> bool: ...
 
@@ -94,6 +103,11 @@ class ManagerInterface(ServiceInterface):
     def dismiss_all(self) -> None:
         with _translated("DismissAll"):
             self._manager.dismiss_all()
+
+    @dbus_method(name="Expire")
+    def expire(self, max_age_seconds: DBusUInt64) -> DBusUInt32:
+        with _translated("Expire"):
+            return self._manager.expire(max_age_seconds)
 
     @dbus_method(name="Claim")
     def claim(self, crash_id: DBusStr, handler: DBusStr) -> DBusBool:

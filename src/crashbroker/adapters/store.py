@@ -148,6 +148,16 @@ class CrashStore:
                 (crash.state.value, crash.signature, encode(crash), crash.id),
             )
 
+    def expire(self, before_us: int) -> list[str]:
+        """Delete crashes with COREDUMP_TIMESTAMP before ``before_us``; returns their ids."""
+        with self._tx() as db:
+            ids = [
+                str(r[0])
+                for r in db.execute("SELECT id FROM crashes WHERE timestamp < ?", (before_us,))
+            ]
+            db.execute("DELETE FROM crashes WHERE timestamp < ?", (before_us,))
+        return ids
+
     def save_cursor(self, cursor: str) -> None:
         with self._tx() as db:
             self._put_cursor(db, cursor)
