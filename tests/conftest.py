@@ -447,6 +447,41 @@ async def wait_handler(pid: int, sig: int, timeout: float = 20.0) -> None:
     raise AssertionError(f"pid {pid} never installed a handler for signal {sig}")
 
 
+async def wait_mapped(pid: int, needle: str, timeout: float = 30.0) -> None:
+    """Wait until a path containing ``needle`` is mapped into ``pid``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if needle in Path(f"/proc/{pid}/maps").read_text():
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"pid {pid} never mapped {needle}")
+
+
+async def crash_kronometer(env: dict[str, str], sig: int = signal.SIGSEGV) -> int:
+    """Start kronometer headless, wait until it is fully up, kill it with ``sig``; its pid.
+
+    KF5 installs KCrash's handler before ``main()`` sets KAboutData, so a signal sent as soon as
+    the handler exists gives an INI without programname/bugaddress/appversion (seen under load).
+    The icon cache is mapped once the main window exists, which is after KAboutData.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        "kronometer", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_exec(proc.pid, "/usr/bin/kronometer")
+        await wait_handler(proc.pid, sig)
+        await wait_mapped(proc.pid, "icon-cache.kcache")
+        proc.send_signal(sig)
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.pid
+
+
 async def crash_sleep(sig: int = signal.SIGSEGV) -> int:
     """A real process killed by ``sig``: the kernel hands its core to systemd-coredump."""
     proc = await asyncio.create_subprocess_exec(

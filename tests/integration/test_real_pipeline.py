@@ -14,10 +14,9 @@ import pytest
 from conftest import (
     COREDUMP_MESSAGE_ID,
     Daemon,
+    crash_kronometer,
     crash_sleep,
     missing_rig,
-    wait_exec,
-    wait_handler,
 )
 
 pytestmark = [pytest.mark.rig, pytest.mark.usefixtures("rig")]
@@ -59,27 +58,15 @@ async def test_real_kcrash_crash_carries_its_metadata(daemon: Daemon, kcrash_env
         missing_rig("kronometer is not installed (scripts/setup installs it)")
     kcrash_env["XDG_CACHE_HOME"] = str(daemon.cache_home)
     await start_local(daemon)
-    proc = await asyncio.create_subprocess_exec(
-        "kronometer", env=kcrash_env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        await wait_exec(proc.pid, "/usr/bin/kronometer")
-        await wait_handler(proc.pid, signal.SIGSEGV)
-        proc.send_signal(signal.SIGSEGV)
-        await proc.wait()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    crash = await daemon.client.crash(proc.pid, timeout=30)
+    pid = await crash_kronometer(kcrash_env)
+    crash = await daemon.client.crash(pid, timeout=30)
     kcrash = crash["kcrash"]
     assert kcrash["appname"] == "kronometer"
     assert kcrash["programname"] == "Kronometer"
     assert kcrash["bugaddress"] == "submit@bugs.kde.org"
     assert re.fullmatch(r"\d+\.\d+\.\d+", kcrash["appversion"])
     assert kcrash["signal"] == "11"
-    assert kcrash["pid"] == str(proc.pid)
+    assert kcrash["pid"] == str(pid)
     assert crash["kcrash_source"] == "kcrash-v1"
     assert crash["kcrash_filled"] == []
     assert crash["app_name"] == "Kronometer"
