@@ -255,6 +255,9 @@ class Daemon:
                 "crashbroker",
                 "daemon",
                 "--log-level=DEBUG",
+                # Every crash its own event unless a test is about loops (it passes
+                # --loop-window): concurrent tests crash `sleep` on the shared rig too.
+                "--loop-window=0",
                 *self.args,
                 *extra,
                 env=self.env(),

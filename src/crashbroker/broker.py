@@ -15,12 +15,20 @@ from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
 from crashbroker.adapters.journal import JournalBatch
+from crashbroker.domain.backtrace import refined_signature
 from crashbroker.domain.correlator import Correlator, Effect, LookupMetadata, PublishCrash
 from crashbroker.domain.crash import build_crash, signature
 from crashbroker.domain.cursor import CursorTracker
 from crashbroker.domain.entry import TrustPolicy, Verdict, classify
-from crashbroker.domain.errors import NoSuchCrash, StoreError
-from crashbroker.domain.model import Crash, CrashState, MetadataSource
+from crashbroker.domain.errors import (
+    BacktraceFailed,
+    NoSuchCrash,
+    NotSupported,
+    RequestError,
+    StoreError,
+)
+from crashbroker.domain.loops import LoopPolicy, LoopTracker
+from crashbroker.domain.model import CoredumpEntry, Crash, CrashState, MetadataSource
 from crashbroker.domain.query import CrashFilter, newest_first
 from crashbroker.ports import MetadataReader, NullPublisher, Publisher
 
@@ -34,13 +42,27 @@ class Store(Protocol):
 
     def cursor(self) -> str | None: ...
 
-    def add(self, crash: Crash, cursor: str | None) -> bool: ...
+    def add(self, crash: Crash, cursor: str | None, also: Crash | None = None) -> bool: ...
 
     def update(self, crash: Crash) -> None: ...
 
     def save_cursor(self, cursor: str) -> None: ...
 
     def expire(self, before_us: int) -> list[str]: ...
+
+    def backtrace(self, crash_id: str) -> str | None: ...
+
+    def save_backtrace(self, crash_id: str, text: str) -> None: ...
+
+
+class Backtracer(Protocol):
+    """Produces the ``thread apply all bt`` text of a crash's core.
+
+    Raises:
+        NoCore, CoreTruncated, BacktraceFailed: named reasons the caller sees.
+    """
+
+    async def backtrace(self, entry: CoredumpEntry) -> str: ...
 
 
 @dataclass(slots=True)
@@ -57,10 +79,16 @@ class Stats:
     with_metadata: int = 0
     lookups: int = 0
     store_errors: int = 0
+    folded: int = 0
+    loops: int = 0
+    backtraces: int = 0
+    backtrace_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+
+_BURST_KEYS = ("occurrences", "burst", "loop", "last_id", "last_seen")
 
 _VERDICT_COUNTER = {
     Verdict.FORGED: "forged",
@@ -77,6 +105,8 @@ class Broker:
         metadata: where KCrash metadata is looked up.
         policy: the trust filter's parameters.
         correlator: the correlation state machine.
+        loops: the loop policy (bursts fold into one event).
+        backtracer: runs coredumpctl + gdb; None answers GetBacktrace with NotSupported.
         monotonic: µs clock for deadlines.
         wall: µs wall clock for ``detected`` stamps.
     """
@@ -90,6 +120,8 @@ class Broker:
         correlator: Correlator,
         monotonic: Clock,
         wall: Clock,
+        loops: LoopPolicy | None = None,
+        backtracer: Backtracer | None = None,
     ) -> None:
         self._store = store
         self._metadata = metadata
@@ -101,7 +133,20 @@ class Broker:
         self.stats = Stats()
         self.caught_up = False
         self._crashes: dict[str, Crash] = {c.id: c for c in store.load()}
-        self._signatures: Counter[str] = Counter(c.signature for c in self._crashes.values())
+        # Counted and grouped by exe+signal: the refined signature is only known later, and
+        # grouping must not change under a crash when its backtrace arrives.
+        self._signatures: Counter[str] = Counter(signature(c.entry) for c in self._crashes.values())
+        self._first_seen: dict[str, int] = {}
+        for c in self._crashes.values():
+            key = signature(c.entry)
+            self._first_seen[key] = min(
+                self._first_seen.get(key, c.entry.timestamp), c.entry.timestamp
+            )
+        self._loops = LoopTracker(loops or LoopPolicy())
+        self._loops.restore((signature(c.entry), c) for c in self._crashes.values())
+        self._backtracer = backtracer
+        self._bt_queue: asyncio.Queue[str] = asyncio.Queue()
+        self._bt_waiting: dict[str, asyncio.Future[str]] = {}
         stored = store.cursor()
         self._tracker = CursorTracker(stored)
         self._saved_cursor = stored
@@ -190,42 +235,90 @@ class Broker:
     def _publish(self, effect: PublishCrash) -> None:
         entry = effect.entry
         self._tracker.settled(entry.key)
+        if entry.key.crash_id in self._crashes:
+            return
+        key = signature(entry)
+        first_seen = min(self._first_seen.get(key, entry.timestamp), entry.timestamp)
         crash = build_crash(
             entry,
             effect.metadata,
             effect.past,
             now=self._wall(),
-            occurrences=self._signatures[signature(entry)] + 1,
+            occurrences=self._signatures[key] + 1,
         )
-        if crash.id in self._crashes:
+        place = self._loops.place(key, crash.id, entry.timestamp)
+        head: Crash | None = None
+        was_loop = False
+        if place.folded and place.burst.head_id not in self._crashes:
+            # Defensive: a burst whose head left the index cannot take members.
+            self._loops.close(place.burst.head_id)
+            place = self._loops.place(key, crash.id, entry.timestamp)
+        if place.folded:
+            crash = replace(
+                crash,
+                loop_head=place.burst.head_id,
+                first_seen=first_seen,
+                last_seen=entry.timestamp,
+            )
+            head = self._crashes.get(place.burst.head_id)
+        else:
+            crash = replace(
+                crash, first_seen=first_seen, last_seen=entry.timestamp, last_id=crash.id
+            )
+        if head is not None:
+            was_loop = head.loop
+            head = replace(
+                head,
+                occurrences=crash.occurrences,
+                burst=place.burst.count,
+                loop=place.burst.loop,
+                last_id=crash.id,
+                last_seen=place.burst.last_seen,
+            )
+        if not self._store_new(crash, head):
             return
-        try:
-            if not self._store.add(crash, self._tracker.safe()):
-                # Stored by an earlier run but not in our index: nothing new to announce.
-                self.stats.already_known += 1
-                return
-            self._saved_cursor = self._tracker.safe()
-        except StoreError as exc:
-            # Publishing live matters more than persisting; the cursor stays behind this
-            # crash, so a restart reads it again.
-            self.stats.store_errors += 1
-            logger.error("could not store crash %s: %s", crash.id, exc)
         self._crashes[crash.id] = crash
-        self._signatures[crash.signature] += 1
+        self._signatures[key] += 1
+        self._first_seen[key] = first_seen
         self.stats.published += 1
         if effect.metadata is not None:
             self.stats.with_metadata += 1
         logger.info(
-            "crash %s: %s (pid %d, %s)%s%s",
+            "crash %s: %s (pid %d, %s)%s%s%s",
             crash.id,
             crash.entry.exe or crash.entry.comm,
             entry.pid,
             entry.signal_name,
             " with KCrash metadata" if effect.metadata else "",
             " [past]" if crash.past else "",
+            f" [burst of {head.id}: {head.burst}]" if head else "",
         )
-        self.publisher.crash_detected(crash)
+        if head is None:
+            self.publisher.crash_detected(crash)
+        else:
+            self.stats.folded += 1
+            if head.loop and not was_loop:
+                self.stats.loops += 1
+                logger.warning("crash loop: %s crashed %d times", key, head.burst)
+            self._crashes[head.id] = head
+            self.publisher.crash_updated(head, _BURST_KEYS)
         self.publisher.properties_changed(["CrashCount"])
+
+    def _store_new(self, crash: Crash, head: Crash | None) -> bool:
+        """Store a new crash (and its updated burst head) with the cursor; False when an earlier
+        run stored it already."""
+        try:
+            if not self._store.add(crash, self._tracker.safe(), also=head):
+                # Stored by an earlier run but not in our index: nothing new to announce.
+                self.stats.already_known += 1
+                return False
+            self._saved_cursor = self._tracker.safe()
+        except StoreError as exc:
+            # Publishing live matters more than persisting; the cursor stays behind this
+            # crash, so a restart reads it again.
+            self.stats.store_errors += 1
+            logger.error("could not store crash %s: %s", crash.id, exc)
+        return True
 
     def _persist_cursor(self) -> None:
         safe = self._tracker.safe()
@@ -283,14 +376,25 @@ class Broker:
         return True
 
     def dismiss(self, crash_id: str) -> None:
-        """Mark dismissed, remove its KCrash INI, announce CrashRemoved. Idempotent."""
+        """Mark dismissed, remove its KCrash INI, announce CrashRemoved. Idempotent.
+
+        Dismissing a burst's head dismisses the crashes folded into it (the user saw one event)
+        and ends the burst: the next crash of that program is news again.
+        """
         crash = self.get_crash(crash_id)
         if crash.dismissed:
             return
-        self._replace(crash, state=CrashState.DISMISSED)
-        if crash.kcrash_source in (MetadataSource.KCRASH_V1, MetadataSource.KCRASH_V2):
-            self._metadata.remove_ini(crash.metadata_path)
-        self.publisher.crash_removed(crash_id)
+        members = [crash]
+        if not crash.loop_head:
+            self._loops.close(crash.id)
+            members += [
+                c for c in self._crashes.values() if c.loop_head == crash.id and not c.dismissed
+            ]
+        for member in members:
+            self._replace(member, state=CrashState.DISMISSED)
+            if member.kcrash_source in (MetadataSource.KCRASH_V1, MetadataSource.KCRASH_V2):
+                self._metadata.remove_ini(member.metadata_path)
+            self.publisher.crash_removed(member.id)
         self.publisher.properties_changed(["CrashCount"])
 
     def expire(self, max_age_s: int) -> int:
@@ -306,7 +410,8 @@ class Broker:
             crash = self._crashes.pop(crash_id, None)
             if crash is None:
                 continue
-            self._signatures[crash.signature] -= 1
+            self._signatures[signature(crash.entry)] -= 1
+            self._loops.close(crash_id)
             if not crash.dismissed:
                 self.publisher.crash_removed(crash_id)
         if removed:
@@ -319,3 +424,68 @@ class Broker:
         for crash_id in ids:
             self.dismiss(crash_id)
         return len(ids)
+
+    # ---- backtraces ---------------------------------------------------------------------------
+
+    async def backtrace(self, crash_id: str) -> str:
+        """The crash's backtrace: from the store, or made now by the one backtrace worker
+        (:meth:`run_backtraces`). Concurrent requests for one crash share one gdb run.
+
+        Raises:
+            NoSuchCrash, NotSupported, NoCore, CoreTruncated, BacktraceFailed.
+        """
+        crash = self.get_crash(crash_id)
+        if self._backtracer is None:
+            raise NotSupported("this daemon was started without backtraces")
+        try:
+            cached = self._store.backtrace(crash.id)
+        except StoreError as exc:
+            logger.warning("backtrace cache unreadable for %s: %s", crash.id, exc)
+            cached = None
+        if cached is not None:
+            return cached
+        waiting = self._bt_waiting.get(crash.id)
+        if waiting is None:
+            waiting = asyncio.get_running_loop().create_future()
+            # A caller that went away must not leave "exception never retrieved" behind.
+            waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._bt_waiting[crash.id] = waiting
+            self._bt_queue.put_nowait(crash.id)
+        return await asyncio.shield(waiting)
+
+    async def run_backtraces(self) -> None:
+        """The backtrace worker: one coredumpctl + gdb at a time, until cancelled."""
+        while True:
+            crash_id = await self._bt_queue.get()
+            waiting = self._bt_waiting[crash_id]
+            try:
+                text = await self._make_backtrace(crash_id)
+            except RequestError as exc:
+                self.stats.backtrace_errors += 1
+                waiting.set_exception(exc)
+            except asyncio.CancelledError:
+                waiting.set_exception(BacktraceFailed("the daemon is stopping"))
+                raise
+            else:
+                waiting.set_result(text)
+            finally:
+                del self._bt_waiting[crash_id]
+
+    async def _make_backtrace(self, crash_id: str) -> str:
+        assert self._backtracer is not None
+        crash = self.get_crash(crash_id)
+        logger.info("making the backtrace of %s (%s)", crash.id, crash.entry.exe)
+        text = await self._backtracer.backtrace(crash.entry)
+        self.stats.backtraces += 1
+        try:
+            self._store.save_backtrace(crash.id, text)
+        except StoreError as exc:
+            self.stats.store_errors += 1
+            logger.error("could not cache the backtrace of %s: %s", crash.id, exc)
+        # The crash may have been expired while gdb ran.
+        current = self._crashes.get(crash.id)
+        if current is not None:
+            refined = refined_signature(current.entry, text) or current.signature
+            updated = self._replace(current, backtrace_available=True, signature=refined)
+            self.publisher.crash_updated(updated, ["backtrace_available", "signature"])
+        return text

@@ -159,6 +159,37 @@ async def cmd_dismiss(client: BrokerClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_backtrace(client: BrokerClient, args: argparse.Namespace) -> int:
+    crash_id = await client.resolve(args.id)
+    crash = await client.get_crash(crash_id)
+    call = asyncio.ensure_future(client.backtrace(crash_id))
+    if not crash["backtrace_available"] and sys.stderr.isatty():
+        await _progress(call, f"crashbroker: running gdb on the core of {crash['exe']}")
+    elif not crash["backtrace_available"]:
+        print(f"crashbroker: running gdb on the core of {crash['exe']}…", file=sys.stderr)
+    text = await call
+    if args.json:
+        _print_json({"id": crash_id, "backtrace": text})
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
+
+
+async def _progress(work: asyncio.Future[Any], label: str) -> None:
+    """A spinner with elapsed seconds on the terminal until ``work`` is done."""
+    started = time.monotonic()
+    frames = "|/-\\"
+    i = 0
+    while not work.done():
+        elapsed = time.monotonic() - started
+        sys.stderr.write(f"\r{label} {frames[i % 4]} {elapsed:4.0f} s")
+        sys.stderr.flush()
+        i += 1
+        await asyncio.wait([work], timeout=0.25)
+    sys.stderr.write("\r\033[K")
+    sys.stderr.flush()
+
+
 async def cmd_stats(client: BrokerClient, args: argparse.Namespace) -> int:
     stats = await client.call("GetStats")
     if args.json:
@@ -233,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--all-users", action="store_true", help="publish every user's crashes")
     d.add_argument("--grace-ms", type=int, help="wait this long for KCrash metadata (default 1000)")
+    d.add_argument(
+        "--loop-threshold", type=int, help="crashes of one program that make a loop (default 3)"
+    )
+    d.add_argument(
+        "--loop-window", type=float, metavar="SECONDS", help="the loop window (default 60)"
+    )
+    d.add_argument(
+        "--backtrace-timeout", type=float, metavar="SECONDS", help="per backtrace (default 120)"
+    )
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     ls = sub.add_parser("list", help="list crashes, newest first")
@@ -259,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--all", action="store_true")
     dm.set_defaults(handler=cmd_dismiss)
 
+    bt = sub.add_parser("backtrace", help="print a crash's backtrace (gdb, cached)")
+    bt.add_argument("id", help="crash id (a unique prefix is enough)")
+    bt.add_argument("--json", action="store_true", help='{"id": ..., "backtrace": ...}')
+    bt.set_defaults(handler=cmd_backtrace)
+
     st = sub.add_parser("stats", help="the daemon's counters (forged entries dropped, ...)")
     st.add_argument("--json", action="store_true")
     st.set_defaults(handler=cmd_stats)
@@ -283,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             all_users=args.all_users or None,
             grace_ms=args.grace_ms,
             bus_address=args.bus_address,
+            loop_threshold=args.loop_threshold,
+            loop_window_s=args.loop_window,
+            backtrace_timeout_s=args.backtrace_timeout,
         )
         return daemon.main(config)
     return asyncio.run(client_main(args))

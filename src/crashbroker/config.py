@@ -43,6 +43,9 @@ class Config:
         all_users: publish every user's crashes, not only our own (root or fleet mode).
         grace_ms: how long a live crash may wait for its KCrash metadata.
         bus_address: a D-Bus address; None means the session bus.
+        loop_threshold, loop_window_s: that many crashes of one exe+signal within the window
+            are a crash loop (see domain/loops.py).
+        backtrace_timeout_s: deadline for coredumpctl + gdb of one backtrace.
     """
 
     state_dir: Path
@@ -52,6 +55,9 @@ class Config:
     all_users: bool = False
     grace_ms: int = 1000
     bus_address: str | None = None
+    loop_threshold: int = 3
+    loop_window_s: float = 60.0
+    backtrace_timeout_s: float = 120.0
 
     @property
     def database(self) -> Path:

@@ -21,6 +21,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
 from crashbroker import __version__
+from crashbroker.adapters.backtrace import BacktraceLimits, GdbBacktracer
 from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH
 from crashbroker.adapters.dbus_service import ManagerInterface
 from crashbroker.adapters.journal import JournalSource
@@ -31,6 +32,7 @@ from crashbroker.config import Config, coredump_writer_uids
 from crashbroker.domain.correlator import Correlator
 from crashbroker.domain.entry import TrustPolicy
 from crashbroker.domain.errors import CrashBrokerError
+from crashbroker.domain.loops import LoopPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,14 @@ async def run(config: Config) -> int:
             correlator=Correlator(grace_us=config.grace_ms * 1000),
             monotonic=_monotonic_us,
             wall=_wall_us,
+            loops=LoopPolicy(
+                threshold=config.loop_threshold,
+                window_us=int(config.loop_window_s * 1_000_000),
+            ),
+            backtracer=GdbBacktracer(
+                journal_dir=config.journal_dir,
+                limits=BacktraceLimits(timeout_s=config.backtrace_timeout_s),
+            ),
         )
 
         bus = (
@@ -116,6 +126,7 @@ async def run(config: Config) -> int:
             workers = [
                 tg.create_task(broker.run_journal(source.batches()), name="journal"),
                 tg.create_task(broker.run_timers(), name="timers"),
+                tg.create_task(broker.run_backtraces(), name="backtraces"),
             ]
             stopping = tg.create_task(stop.wait(), name="stop")
             disconnected = tg.create_task(_bus_gone(bus), name="bus")

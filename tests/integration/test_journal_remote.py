@@ -314,7 +314,8 @@ async def test_claim_dismiss_and_named_errors(daemon: Daemon, remote_journal: Re
         ("ListCrashes", "a{sv}", [variant_filter(limit=0)], "InvalidArgs"),
         ("ListCrashes", "a{sv}", [variant_filter(state="weird")], "InvalidArgs"),
         ("ListCrashes", "a{sv}", [variant_filter(exe=7)], "InvalidArgs"),
-        ("GetBacktrace", "s", [crash_id], "NotSupported"),
+        ("GetBacktrace", "s", ["nope"], "NoSuchCrash"),
+        ("GetBacktrace", "s", [crash_id], "NoCore"),  # synthesised: no COREDUMP_FILENAME
     ]
     for member, sig, body, err in cases:
         reply = await bus_call(bus, member, sig, body)

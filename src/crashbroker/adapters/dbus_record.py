@@ -42,6 +42,13 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "claimed_by": ("s", lambda c: c.claimed_by),
     "signature": ("s", lambda c: c.signature),
     "occurrences": ("u", lambda c: c.occurrences),
+    "first_seen": ("t", lambda c: c.first_seen),
+    "last_seen": ("t", lambda c: c.last_seen),
+    "burst": ("u", lambda c: c.burst),
+    "loop": ("b", lambda c: c.loop),
+    "loop_head": ("s", lambda c: c.loop_head),
+    "last_id": ("s", lambda c: c.last_id),
+    "backtrace_available": ("b", lambda c: c.backtrace_available),
     "past": ("b", lambda c: c.past),
     "detected": ("t", lambda c: c.detected),
 }

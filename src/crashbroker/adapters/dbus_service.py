@@ -26,7 +26,7 @@ from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus
 
 from crashbroker.adapters.dbus_names import MANAGER_INTERFACE, error_name
 from crashbroker.adapters.dbus_record import to_record, unwrap
-from crashbroker.domain.errors import InvalidArgs, NotSupported, RequestError
+from crashbroker.domain.errors import InvalidArgs, RequestError
 from crashbroker.domain.model import Crash
 from crashbroker.domain.query import CrashFilter
 
@@ -56,6 +56,8 @@ class Manager(Protocol):
     def expire(self, max_age_s: int) -> int: ...
 
     def claim(self, crash_id: str, handler: str) -> bool: ...
+
+    async def backtrace(self, crash_id: str) -> str: ...
 
     def stats_dict(self) -> dict[str, int]: ...
 
@@ -117,10 +119,10 @@ class ManagerInterface(ServiceInterface):
             return self._manager.claim(crash_id, handler)
 
     @dbus_method(name="GetBacktrace")
-    def get_backtrace(self, crash_id: DBusStr) -> DBusStr:
+    async def get_backtrace(self, crash_id: DBusStr) -> DBusStr:
+        # Answered when gdb is done; the bus keeps serving other calls meanwhile.
         with _translated("GetBacktrace"):
-            self._manager.get_crash(crash_id)
-            raise NotSupported("backtraces are not implemented yet")
+            return await self._manager.backtrace(crash_id)
 
     @dbus_method(name="GetStats")
     def get_stats(self) -> DBusDict:

@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS crashes (
     record    TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS crashes_signature ON crashes(signature);
+CREATE TABLE IF NOT EXISTS backtraces (
+    id      TEXT PRIMARY KEY,
+    text    TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -119,8 +123,9 @@ class CrashStore:
         row = self._db.execute("SELECT value FROM meta WHERE key='cursor'").fetchone()
         return str(row[0]) if row else None
 
-    def add(self, crash: Crash, cursor: str | None) -> bool:
-        """Insert a crash and move the cursor in one transaction.
+    def add(self, crash: Crash, cursor: str | None, also: Crash | None = None) -> bool:
+        """Insert a crash, update ``also`` (its burst's head) and move the cursor in one
+        transaction.
 
         Returns:
             False when a crash with this id was already stored (nothing changes but the cursor).
@@ -137,15 +142,38 @@ class CrashStore:
                     encode(crash),
                 ),
             )
+            added = cur.rowcount == 1
+            if added and also is not None:
+                self._update(db, also)
             if cursor is not None:
                 self._put_cursor(db, cursor)
-            return cur.rowcount == 1
+            return added
 
     def update(self, crash: Crash) -> None:
         with self._tx() as db:
+            self._update(db, crash)
+
+    @staticmethod
+    def _update(db: sqlite3.Connection, crash: Crash) -> None:
+        db.execute(
+            "UPDATE crashes SET state=?, signature=?, record=? WHERE id=?",
+            (crash.state.value, crash.signature, encode(crash), crash.id),
+        )
+
+    def backtrace(self, crash_id: str) -> str | None:
+        """The cached backtrace of a crash, or None."""
+        try:
+            row = self._db.execute("SELECT text FROM backtraces WHERE id=?", (crash_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"crash store {self.path}: {exc}") from exc
+        return str(row[0]) if row else None
+
+    def save_backtrace(self, crash_id: str, text: str) -> None:
+        with self._tx() as db:
             db.execute(
-                "UPDATE crashes SET state=?, signature=?, record=? WHERE id=?",
-                (crash.state.value, crash.signature, encode(crash), crash.id),
+                "INSERT INTO backtraces(id, text) VALUES(?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET text=excluded.text",
+                (crash_id, text),
             )
 
     def expire(self, before_us: int) -> list[str]:
@@ -155,6 +183,10 @@ class CrashStore:
                 str(r[0])
                 for r in db.execute("SELECT id FROM crashes WHERE timestamp < ?", (before_us,))
             ]
+            db.execute(
+                "DELETE FROM backtraces WHERE id IN (SELECT id FROM crashes WHERE timestamp < ?)",
+                (before_us,),
+            )
             db.execute("DELETE FROM crashes WHERE timestamp < ?", (before_us,))
         return ids
 

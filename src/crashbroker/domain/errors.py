@@ -12,7 +12,10 @@ Tree::
         ├── NoSuchCrash         (``crash_id``)
         ├── InvalidArgs         (``detail``)
         ├── AccessDenied        (``detail``)
-        └── NotSupported        (``detail``)
+        ├── NotSupported        (``detail``)
+        ├── NoCore              the crash has no core to debug (none kept, or removed since)
+        ├── CoreTruncated       the core was cut short (size limit); gdb would mislead
+        └── BacktraceFailed     coredumpctl or gdb failed, timed out or said nothing useful
 
 Exceptions carry structured attributes; callers never parse message text.
 """
@@ -84,3 +87,15 @@ class AccessDenied(RequestError):
 
 class NotSupported(RequestError):
     name = "NotSupported"
+
+
+class NoCore(RequestError):
+    name = "NoCore"
+
+
+class CoreTruncated(RequestError):
+    name = "CoreTruncated"
+
+
+class BacktraceFailed(RequestError):
+    name = "BacktraceFailed"

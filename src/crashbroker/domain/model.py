@@ -120,6 +120,15 @@ class Crash:
     claimed_by: str = ""
     signature: str = ""
     occurrences: int = 1
+    # Grouping (see domain/loops.py): a burst is a run of crashes of one exe+signal, each within
+    # the loop window of the previous; its first crash is the head, the rest point to it.
+    first_seen: int = 0  # COREDUMP_TIMESTAMP of the first indexed crash with this exe+signal
+    last_seen: int = 0  # heads: of the burst's latest crash; others: their own
+    burst: int = 1  # heads: crashes in the burst, itself included
+    loop: bool = False  # heads: the burst reached the loop threshold
+    loop_head: str = ""  # folded crashes: the head's id
+    last_id: str = ""  # heads: the burst's latest crash
+    backtrace_available: bool = False
 
     @property
     def app_name(self) -> str:
