@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
@@ -45,6 +45,8 @@ class Store(Protocol):
     def add(self, crash: Crash, cursor: str | None, also: Crash | None = None) -> bool: ...
 
     def update(self, crash: Crash) -> None: ...
+
+    def upsert(self, crashes: list[Crash], cursor: str | None) -> None: ...
 
     def save_cursor(self, cursor: str) -> None: ...
 
@@ -83,10 +85,14 @@ class Stats:
     loops: int = 0
     backtraces: int = 0
     backtrace_errors: int = 0
+    store_rebuilt: int = 0
+    states_salvaged: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+
+STORE_RETRY_US = 5_000_000
 
 _BURST_KEYS = ("occurrences", "burst", "loop", "last_id", "last_seen")
 
@@ -107,6 +113,8 @@ class Broker:
         correlator: the correlation state machine.
         loops: the loop policy (bursts fold into one event).
         backtracer: runs coredumpctl + gdb; None answers GetBacktrace with NotSupported.
+        restored_states: states salvaged from a damaged store, applied when the rebuild from
+            the journal meets those crashes again (a dismissed crash stays dismissed, quietly).
         monotonic: µs clock for deadlines.
         wall: µs wall clock for ``detected`` stamps.
     """
@@ -122,6 +130,7 @@ class Broker:
         wall: Clock,
         loops: LoopPolicy | None = None,
         backtracer: Backtracer | None = None,
+        restored_states: Mapping[str, CrashState] | None = None,
     ) -> None:
         self._store = store
         self._metadata = metadata
@@ -145,12 +154,17 @@ class Broker:
         self._loops = LoopTracker(loops or LoopPolicy())
         self._loops.restore((signature(c.entry), c) for c in self._crashes.values())
         self._backtracer = backtracer
+        self._restored = dict(restored_states or {})
         self._bt_queue: asyncio.Queue[str] = asyncio.Queue()
         self._bt_waiting: dict[str, asyncio.Future[str]] = {}
         stored = store.cursor()
         self._tracker = CursorTracker(stored)
         self._saved_cursor = stored
         self._timer_wake = asyncio.Event()
+        # Crashes whose in-memory version the store lacks (disk full, I/O error): retried until
+        # stored, and the cursor is not saved past them meanwhile.
+        self._unsaved: set[str] = set()
+        self._retry_at: int | None = None
 
     # ---- ingestion -------------------------------------------------------------------------
 
@@ -199,14 +213,15 @@ class Broker:
         self._timer_wake.set()
 
     async def run_timers(self) -> None:
-        """Retry metadata lookups when the correlator asks; sleeps while nothing is pending."""
+        """Retry metadata lookups when the correlator asks, and failed store writes every
+        :data:`STORE_RETRY_US`; sleeps while nothing is pending."""
         while True:
             self._timer_wake.clear()
-            deadline = self._correlator.next_deadline()
-            if deadline is None:
+            deadlines = [d for d in (self._correlator.next_deadline(), self._retry_at) if d]
+            if not deadlines:
                 await self._timer_wake.wait()
                 continue
-            delay = (deadline - self._monotonic()) / 1_000_000
+            delay = (min(deadlines) - self._monotonic()) / 1_000_000
             if delay > 0:
                 try:
                     async with asyncio.timeout(delay):
@@ -246,6 +261,12 @@ class Broker:
             now=self._wall(),
             occurrences=self._signatures[key] + 1,
         )
+        restored = self._restored.pop(crash.id, None)
+        if restored is not None:
+            crash = replace(crash, state=restored)
+            if restored is CrashState.DISMISSED:
+                self._publish_quietly(crash, key, first_seen)
+                return
         place = self._loops.place(key, crash.id, entry.timestamp)
         head: Crash | None = None
         was_loop = False
@@ -304,23 +325,61 @@ class Broker:
             self.publisher.crash_updated(head, _BURST_KEYS)
         self.publisher.properties_changed(["CrashCount"])
 
+    def _publish_quietly(self, crash: Crash, key: str, first_seen: int) -> None:
+        """Index a crash the user had dismissed before the store was rebuilt: no event."""
+        crash = replace(crash, first_seen=first_seen, last_seen=crash.entry.timestamp)
+        if self._store_new(crash, None):
+            self._crashes[crash.id] = crash
+            self._signatures[key] += 1
+            self._first_seen[key] = first_seen
+
     def _store_new(self, crash: Crash, head: Crash | None) -> bool:
         """Store a new crash (and its updated burst head) with the cursor; False when an earlier
         run stored it already."""
+        # While earlier crashes wait for a retry, the cursor must not move past them.
+        cursor = None if self._unsaved else self._tracker.safe()
         try:
-            if not self._store.add(crash, self._tracker.safe(), also=head):
+            if not self._store.add(crash, cursor, also=head):
                 # Stored by an earlier run but not in our index: nothing new to announce.
                 self.stats.already_known += 1
                 return False
-            self._saved_cursor = self._tracker.safe()
+            if cursor is not None:
+                self._saved_cursor = cursor
         except StoreError as exc:
-            # Publishing live matters more than persisting; the cursor stays behind this
-            # crash, so a restart reads it again.
-            self.stats.store_errors += 1
-            logger.error("could not store crash %s: %s", crash.id, exc)
+            # Publishing live matters more than persisting. The crash is retried; until it is
+            # stored the cursor stays behind it, so even a restart meanwhile reads it again.
+            self._store_failed(f"could not store crash {crash.id}", exc, crash, head)
+        return True
+
+    def _store_failed(self, what: str, exc: StoreError, *crashes: Crash | None) -> None:
+        self.stats.store_errors += 1
+        if not self._unsaved:
+            logger.error("%s: %s; retrying every %d s", what, exc, STORE_RETRY_US // 1_000_000)
+        self._unsaved.update(c.id for c in crashes if c is not None)
+        self._retry_at = self._monotonic() + STORE_RETRY_US
+        self._timer_wake.set()
+
+    def _flush_unsaved(self) -> bool:
+        """Store what earlier writes could not; True when nothing is left unsaved."""
+        if not self._unsaved:
+            return True
+        if self._retry_at is not None and self._monotonic() < self._retry_at:
+            return False
+        pending = [self._crashes[i] for i in self._unsaved if i in self._crashes]
+        try:
+            self._store.upsert(pending, None)
+        except StoreError as exc:
+            self._store_failed("the crash store still fails", exc)
+            return False
+        logger.warning("crash store writable again: stored %d crashes", len(pending))
+        self._unsaved.clear()
+        self._retry_at = None
         return True
 
     def _persist_cursor(self) -> None:
+        if not self._flush_unsaved():
+            return
+        self._retry_at = None  # set again below if the cursor cannot be saved either
         safe = self._tracker.safe()
         if safe is None or safe == self._saved_cursor:
             return
@@ -328,8 +387,7 @@ class Broker:
             self._store.save_cursor(safe)
             self._saved_cursor = safe
         except StoreError as exc:
-            self.stats.store_errors += 1
-            logger.error("could not save the journal cursor: %s", exc)
+            self._store_failed("could not save the journal cursor", exc)
 
     # ---- queries and commands (the D-Bus service translates to these) -----------------------
 
@@ -358,12 +416,13 @@ class Broker:
 
     def _replace(self, crash: Crash, **changes: object) -> Crash:
         updated = replace(crash, **changes)  # type: ignore[arg-type]
+        self._crashes[crash.id] = updated
+        if crash.id in self._unsaved:
+            return updated  # the retry stores the newest version
         try:
             self._store.update(updated)
         except StoreError as exc:
-            self.stats.store_errors += 1
-            logger.error("could not update crash %s: %s", crash.id, exc)
-        self._crashes[crash.id] = updated
+            self._store_failed(f"could not update crash {crash.id}", exc, updated)
         return updated
 
     def claim(self, crash_id: str, handler: str) -> bool:

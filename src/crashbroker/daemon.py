@@ -24,7 +24,7 @@ from crashbroker import __version__
 from crashbroker.adapters.backtrace import BacktraceLimits, GdbBacktracer
 from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH
 from crashbroker.adapters.dbus_service import ManagerInterface
-from crashbroker.adapters.journal import JournalSource
+from crashbroker.adapters.journal import CatchUp, JournalSource
 from crashbroker.adapters.metadata_dir import MetadataDir
 from crashbroker.adapters.store import CrashStore
 from crashbroker.broker import Broker
@@ -70,10 +70,22 @@ async def run(config: Config) -> int:
             loop.add_signal_handler(signum, stop.set)
             stack.callback(loop.remove_signal_handler, signum)
 
-        store = CrashStore(config.database)
+        store, salvage = CrashStore.open_or_rebuild(config.database)
         stack.callback(store.close)
+        catch_up = config.catch_up
+        if salvage is not None:
+            # The journal is the source of truth: index all of it again. What it cannot tell
+            # (dismissed/claimed states beyond those salvaged, cached backtraces) is lost.
+            catch_up = CatchUp.ALL
+            logger.error(
+                "%s; moved it to %s and rebuilding from the journal; salvaged %d crash states; "
+                "cached backtraces and any state not salvaged are lost",
+                salvage.reason,
+                salvage.moved_to,
+                len(salvage.states),
+            )
         source = JournalSource(
-            directory=config.journal_dir, cursor=store.cursor(), catch_up=config.catch_up
+            directory=config.journal_dir, cursor=store.cursor(), catch_up=catch_up
         )
         source.open()
         stack.callback(source.close)
@@ -95,7 +107,11 @@ async def run(config: Config) -> int:
                 journal_dir=config.journal_dir,
                 limits=BacktraceLimits(timeout_s=config.backtrace_timeout_s),
             ),
+            restored_states=salvage.states if salvage else None,
         )
+        if salvage is not None:
+            broker.stats.store_rebuilt = 1
+            broker.stats.states_salvaged = len(salvage.states)
 
         bus = (
             MessageBus(bus_address=config.bus_address)

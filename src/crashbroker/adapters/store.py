@@ -7,12 +7,14 @@ entry read again is recognised by its stable id and not published twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,41 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
+
+
+class CorruptStore(StoreError):
+    """The database file is damaged (not a database, malformed, failed its check)."""
+
+
+@dataclass(slots=True)
+class Salvage:
+    """What was read from a damaged store before it was replaced.
+
+    ``states`` maps crash ids to their non-``new`` state (dismissed, claimed): the one thing the
+    journal cannot tell again.
+    """
+
+    reason: str
+    states: dict[str, CrashState] = field(default_factory=dict)
+    moved_to: Path | None = None
+
+
+def _salvage_states(path: Path) -> dict[str, CrashState]:
+    """Best effort: the rows of a damaged database that can still be read."""
+    states: dict[str, CrashState] = {}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return states
+    try:
+        for crash_id, state in db.execute("SELECT id, state FROM crashes WHERE state != 'new'"):
+            with contextlib.suppress(ValueError):
+                states[str(crash_id)] = CrashState(state)
+    except sqlite3.Error as exc:
+        logger.warning("salvaged %d crash states before: %s", len(states), exc)
+    finally:
+        db.close()
+    return states
 
 
 def encode(crash: Crash) -> str:
@@ -79,6 +116,9 @@ class CrashStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open crash store {path}: {exc}") from exc
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL survives a killed process (not a power cut) without an fsync per commit.
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -86,8 +126,39 @@ class CrashStore:
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),)
             )
+            (verdict,) = self._db.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise CorruptStore(f"crash store {path} is damaged: {exc}") from exc
         except sqlite3.Error as exc:
+            self._db.close()
             raise StoreError(f"cannot open crash store {path}: {exc}") from exc
+
+    @classmethod
+    def open_or_rebuild(cls, path: Path) -> tuple[CrashStore, Salvage | None]:
+        """Open the store; a damaged one is moved aside (kept for inspection) and replaced by
+        an empty one, with what could still be read of it.
+
+        Returns:
+            The store, and the salvage when the old one was damaged (else None).
+        """
+        try:
+            return cls(path), None
+        except CorruptStore as exc:
+            damaged = exc
+        salvage = Salvage(reason=str(damaged), states=_salvage_states(path))
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        salvage.moved_to = path.with_name(f"{path.name}.damaged-{stamp}")
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                old = path.with_name(path.name + suffix)
+                if old.exists():
+                    old.rename(path.with_name(salvage.moved_to.name + suffix))
+        except OSError as exc:
+            raise StoreError(f"{damaged}; and it cannot be moved aside: {exc}") from exc
+        return cls(path), salvage
 
     def close(self) -> None:
         self._db.close()
@@ -159,6 +230,25 @@ class CrashStore:
             "UPDATE crashes SET state=?, signature=?, record=? WHERE id=?",
             (crash.state.value, crash.signature, encode(crash), crash.id),
         )
+
+    def upsert(self, crashes: list[Crash], cursor: str | None) -> None:
+        """Insert or replace ``crashes`` (and move the cursor) in one transaction."""
+        with self._tx() as db:
+            for crash in crashes:
+                db.execute(
+                    "INSERT INTO crashes(id, timestamp, signature, state, record)"
+                    " VALUES(?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                    " state=excluded.state, signature=excluded.signature, record=excluded.record",
+                    (
+                        crash.id,
+                        crash.entry.timestamp,
+                        crash.signature,
+                        crash.state.value,
+                        encode(crash),
+                    ),
+                )
+            if cursor is not None:
+                self._put_cursor(db, cursor)
 
     def backtrace(self, crash_id: str) -> str | None:
         """The cached backtrace of a crash, or None."""
