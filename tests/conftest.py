@@ -226,6 +226,12 @@ class Daemon:
         return self.cache_home / "kcrash-metadata"
 
     @property
+    def tmpdir(self) -> Path:
+        path = self.tmp / "daemon-tmp"
+        path.mkdir(exist_ok=True)
+        return path
+
+    @property
     def log(self) -> Path:
         return self.tmp / "daemon.log"
 
@@ -236,6 +242,7 @@ class Daemon:
             XDG_STATE_HOME=str(self.tmp / "state"),
             XDG_CACHE_HOME=str(self.cache_home),
             PYTHONUNBUFFERED="1",
+            TMPDIR=str(self.tmpdir),  # backtraces extract cores here: per test, checkable
         )
         env.update(self.env_extra)
         return env

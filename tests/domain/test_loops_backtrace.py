@@ -184,3 +184,28 @@ def test_refined_signature_of_a_plain_crash_keeps_its_top_frames() -> None:
 )
 def test_no_meaningful_frame_gives_no_refined_signature(text: str) -> None:
     assert refined_signature(make_entry(), text) is None
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        (
+            "QObjectPrivate::addConnection(int, QObjectPrivate::Connection*)",
+            "QObjectPrivate::addConnection",
+        ),
+        ("QWidget::event(QEvent*) const", "QWidget::event"),
+        (
+            "std::function<void (int)>::operator()(int) const",
+            "std::function<void (int)>::operator()",
+        ),
+        ("_int_malloc", "_int_malloc"),
+        ("<signal handler called>", "<signal handler called>"),
+    ],
+)
+def test_signature_frames_drop_parameter_lists(frame: str, expected: str) -> None:
+    entry = dataclasses.replace(make_entry(), exe="/usr/bin/app")
+    text = f"#0  0x0000000000401000 in {frame} () from /usr/lib/libx.so\n"
+    if frame.startswith("<"):
+        assert refined_signature(entry, text) is None
+    else:
+        assert refined_signature(entry, text) == f"/usr/bin/app:SIGSEGV:{expected}"

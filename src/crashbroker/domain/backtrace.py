@@ -15,7 +15,8 @@ _NOISE = re.compile(
 )
 _HANDLER_MARK = "<signal handler called>"
 _THREAD = re.compile(r"^Thread (\d+) ")
-_FRAME = re.compile(r"^#(\d+)\s+(?:0x[0-9a-fA-F]+ in )?(.+?)(?: \(.*)?$")
+_FRAME = re.compile(r"^#(\d+)\s+(?:0x[0-9a-fA-F]+ in )?(.+)$")
+_LOCATION = re.compile(r" (?:at|from) \S+$")
 
 
 def crashing_thread_frames(gdb_output: str) -> list[str]:
@@ -38,10 +39,35 @@ def crashing_thread_frames(gdb_output: str) -> list[str]:
             if frame.group(1) == "0":
                 # A new listing: gdb also prints the current frame once when it loads the core.
                 threads[current] = []
-            threads.setdefault(current, []).append(frame.group(2).strip())
+            threads.setdefault(current, []).append(_function(frame.group(2)))
     if not threads:
         return []
     return threads.get(1) or threads[min(threads)]
+
+
+def _before_last_group(text: str) -> str:
+    """``text`` without its final balanced ``(...)`` group (and the space before it); ``text``
+    itself when it does not end in one. Names may hold parentheses of their own (templates)."""
+    if not text.endswith(")"):
+        return text
+    depth = 0
+    for i in range(len(text) - 1, -1, -1):
+        depth += {")": 1, "(": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[:i].rstrip() or text
+    return text
+
+
+def _function(rest: str) -> str:
+    """``f (a=1, b=2) at x.c:3`` → ``f``: drop the location, then gdb's argument list."""
+    return _before_last_group(_LOCATION.sub("", rest.strip()))
+
+
+def _without_parameters(name: str) -> str:
+    """``ns::f(int, char*) const`` → ``ns::f``: overloads differ, the crash site does not."""
+    if name.startswith("<"):
+        return name
+    return _before_last_group(name.removesuffix(" const"))
 
 
 def refined_signature(entry: CoredumpEntry, gdb_output: str) -> str | None:
@@ -54,4 +80,5 @@ def refined_signature(entry: CoredumpEntry, gdb_output: str) -> str | None:
     if not frames:
         return None
     exe = entry.exe.removesuffix(" (deleted)") or entry.comm
-    return f"{exe}:{entry.signal_name}:{'|'.join(frames[:SIGNATURE_FRAMES])}"
+    top = [_without_parameters(f) for f in frames[:SIGNATURE_FRAMES]]
+    return f"{exe}:{entry.signal_name}:{'|'.join(top)}"
