@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -261,6 +262,8 @@ class Broker:
             now=self._wall(),
             occurrences=self._signatures[key] + 1,
         )
+        if entry.core_filename and not os.access(entry.core_filename, os.R_OK):
+            crash = replace(crash, core_readable=False)
         restored = self._restored.pop(crash.id, None)
         if restored is not None:
             crash = replace(crash, state=restored)

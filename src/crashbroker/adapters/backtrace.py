@@ -99,6 +99,8 @@ class GdbBacktracer:
             raise NoCore("systemd-coredump kept no core for this crash (Storage=none or too big)")
         if entry.core_filename and not os.path.lexists(entry.core_filename):
             raise NoCore(f"the core {entry.core_filename} is gone (removed by systemd-coredump?)")
+        if entry.core_filename and not os.access(entry.core_filename, os.R_OK):
+            raise NoCore(f"the core of this crash is not readable by uid {os.getuid()}")
 
     def _child_env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in _CHILD_ENV_KEYS if k in os.environ}

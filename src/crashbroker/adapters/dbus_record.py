@@ -28,8 +28,11 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "hostname": ("s", lambda c: c.entry.hostname),
     "machine_id": ("s", lambda c: c.entry.machine_id),
     "journal_cursor": ("s", lambda c: c.entry.cursor),
-    "core_filename": ("s", lambda c: c.entry.core_filename),
-    "core_available": ("b", lambda c: bool(c.entry.core_filename) or c.entry.core_in_journal),
+    "core_filename": ("s", lambda c: c.entry.core_filename if c.core_readable else ""),
+    "core_available": (
+        "b",
+        lambda c: (bool(c.entry.core_filename) and c.core_readable) or c.entry.core_in_journal,
+    ),
     "core_truncated": ("b", lambda c: c.entry.truncated),
     "kcrash": ("a{ss}", lambda c: dict(c.kcrash)),
     "kcrash_complete": ("b", lambda c: c.kcrash_complete),

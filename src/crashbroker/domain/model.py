@@ -129,6 +129,9 @@ class Crash:
     loop_head: str = ""  # folded crashes: the head's id
     last_id: str = ""  # heads: the burst's latest crash
     backtrace_available: bool = False
+    # Whether this daemon's user could read core_filename when the crash was published: a path
+    # it cannot read (another user's core, a fleet machine's disk) is not shown to clients.
+    core_readable: bool = True
 
     @property
     def app_name(self) -> str:
