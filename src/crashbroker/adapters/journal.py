@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +53,8 @@ def field_text(value: Any) -> str:
         return field_text(value[0]) if value else ""
     if isinstance(value, datetime):
         return str(int(value.timestamp() * 1_000_000))
+    if isinstance(value, uuid.UUID):  # _BOOT_ID, MESSAGE_ID…: the journal's 32 hex digits
+        return value.hex
     return str(value)
 
 

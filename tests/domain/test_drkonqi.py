@@ -1,0 +1,147 @@
+"""DrKonqi's argv, environment and metadata files as DrKonqi's own launcher builds them (pure)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crashbroker.domain import drkonqi
+from crashbroker.domain.drkonqi import Flavor, KCrashGroups, RateLimit, Skip
+
+KCRASH = {
+    "exe": "/usr/bin/kronometer",
+    "signal": "11",
+    "appname": "kronometer",
+    "safer": "true",
+    "restarted": "false",
+    "programname": 'Kronometer ✓ "quoted"',
+}
+
+
+def test_v5_sorts_keys_skips_exe_and_makes_true_false_bare_flags() -> None:
+    assert drkonqi.arguments(KCRASH, Flavor.V5) == [
+        "--appname", "kronometer",
+        "--programname", "Kronometer ✓ \"quoted\"",
+        "--restarted",
+        "--safer",
+        "--signal", "11",
+    ]  # fmt: skip
+
+
+def test_v6_keeps_the_record_order() -> None:
+    argv = drkonqi.arguments(KCRASH, Flavor.V6)
+    assert argv is not None
+    assert argv[:2] == ["--signal", "11"]
+
+
+@pytest.mark.parametrize("flavor", list(Flavor))
+def test_a_crash_of_drkonqi_itself_gets_no_arguments(flavor: Flavor) -> None:
+    assert drkonqi.arguments({"exe": "/usr/libexec/drkonqi", "pid": "1"}, flavor) is None
+
+
+def test_environment_drops_activation_variables_and_adds_the_backend() -> None:
+    env = drkonqi.child_environment(
+        {"HOME": "/h", "LISTEN_FDS": "1", "LISTEN_PID": "2", "INVOCATION_ID": "x",
+         "JOURNAL_STREAM": "8:9", "NOTIFY_SOCKET": "/run/n", "DISPLAY": ":0"},
+        "/h/.cache/kcrash-metadata/1.ini",
+    )  # fmt: skip
+    assert env == {
+        "HOME": "/h",
+        "DISPLAY": ":0",
+        "DRKONQI_BACKEND": "COREDUMPD",
+        "DRKONQI_METADATA_FILE": "/h/.cache/kcrash-metadata/1.ini",
+    }
+
+
+def test_v5_metadata_keeps_the_ini_and_appends_an_escaped_journal_group() -> None:
+    text = drkonqi.v5_metadata(
+        "[KCrash]\nexe=/usr/bin/k\n",
+        {"COREDUMP_PID": "42", "MESSAGE": 'a\nb "c" \\ d', "LIST": "x,y", "bad key": "z"},
+    )
+    lines = text.splitlines()
+    assert lines[:3] == ["[KCrash]", "exe=/usr/bin/k", ""]
+    assert lines[3] == "[Journal]"
+    assert "COREDUMP_PID=@ByteArray(42)" in lines
+    assert 'MESSAGE=@ByteArray(a\\nb \\"c\\" \\\\ d)' in lines
+    assert 'LIST="@ByteArray(x,y)"' in lines
+    assert not any(line.startswith("bad key") for line in lines)
+
+
+def test_v6_metadata_is_drkonqis_json_record_picked_up() -> None:
+    doc = json.loads(
+        drkonqi.v6_metadata(
+            KCrashGroups({"appname": "k"}, tags={"t": "1"}, complete=True),
+            {"COREDUMP_PID": "42"},
+            "s=cursor",
+        )
+    )
+    assert doc["version"] == 2
+    assert doc["kcrash"] == {"appname": "k"}
+    assert doc["kcrash-tags"] == {"t": "1"}
+    assert doc["kcrash-complete"] is True
+    assert doc["journal"] == {"COREDUMP_PID": "42", "_DRKONQI_SD_CURSOR": "s=cursor"}
+    assert doc["drkonqi"] == {"PickedUp": True}
+    assert (
+        drkonqi.v6_metadata_name("/usr/bin/k (deleted)", "b" * 32, 42, 7)
+        == f"k.{'b' * 32}.42.7.ini"
+    )
+
+
+@pytest.mark.parametrize(
+    ("exe", "cmdline", "comm", "own"),
+    [
+        ("/usr/libexec/drkonqi", "drkonqi --pid 1", "drkonqi", True),
+        (
+            "/usr/bin/python3.11",
+            "/usr/bin/python3 /usr/bin/crashbroker-launcher",
+            "crashbroker-lau",
+            True,
+        ),
+        ("/usr/bin/python3.11", "python3 -m crashbroker daemon", "python3", True),
+        ("/usr/bin/python3.11", "python3 myscript.py crashbroker", "python3", False),
+        ("/usr/bin/kronometer", "kronometer", "kronometer", False),
+    ],
+)
+def test_own_processes(exe: str, cmdline: str, comm: str, own: bool) -> None:
+    assert drkonqi.own_process(exe, cmdline, comm) is own
+
+
+def record(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "kcrash": {"appname": "k"}, "exe": "/usr/bin/k", "cmdline": "k", "comm": "k",
+        "kcrash_source": "kcrash-v1", "core_available": True, "past": False, "state": "new",
+    }  # fmt: skip
+    return {**base, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "kde_debug", "explicit", "expected"),
+    [
+        ({}, False, False, None),
+        ({"kcrash": {}}, False, False, Skip.NO_KCRASH),
+        ({"exe": "/usr/libexec/drkonqi"}, False, False, Skip.OWN),
+        ({}, True, False, Skip.KDE_DEBUG),
+        ({}, True, True, Skip.KDE_DEBUG),
+        ({"kcrash_source": "drkonqi"}, False, False, Skip.DRKONQI_SEEN),
+        ({"core_available": False}, False, False, Skip.NO_CORE),
+        ({"past": True}, False, False, Skip.PAST),
+        ({"past": True}, False, True, None),
+        ({"state": "claimed"}, False, False, Skip.NOT_NEW),
+        ({"state": "claimed"}, False, True, None),
+    ],
+)
+def test_launch_decision(
+    changes: dict[str, object], kde_debug: bool, explicit: bool, expected: Skip | None
+) -> None:
+    assert (
+        drkonqi.should_launch(record(**changes), kde_debug=kde_debug, explicit=explicit) == expected
+    )
+
+
+def test_rate_limit_is_per_key_and_time_passed_in() -> None:
+    limit = RateLimit(60_000_000)
+    assert limit.allow("a", 0)
+    assert not limit.allow("a", 59_999_999)
+    assert limit.allow("b", 1)
+    assert limit.allow("a", 60_000_000)

@@ -1,0 +1,409 @@
+"""crashbroker-launcher on real parts: real KCrash crashes through the real daemon, the real
+Debian drkonqi-coredump-launcher for a differential check, a stand-in DrKonqi that records how it
+was started."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_fast import MessageType
+from dbus_fast.introspection import Node
+
+from conftest import Daemon, RemoteJournal, bus_call, crash_kronometer, missing_rig, write_ini
+from crashbroker.adapters.dbus_names import (
+    LAUNCHER_BUS_NAME,
+    LAUNCHER_INTERFACE,
+    LAUNCHER_OBJECT_PATH,
+)
+
+# Started as `drkonqi` (found through LIBEXEC_PATH, as KCrash and DrKonqi's launcher look it up):
+# writes its argv, environment and the metadata file it was given, then exits.
+RECORDER = """#!{python}
+import json, os, sys
+meta = os.environ.get("DRKONQI_METADATA_FILE", "")
+try:
+    text = open(meta, encoding="utf-8", errors="replace").read() if meta else None
+except OSError as exc:
+    text = f"unreadable: {{exc}}"
+out = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), f"launch-{{os.getpid()}}.json")
+with open(out + ".tmp", "w") as f:
+    json.dump({{"argv": sys.argv[1:], "env": dict(os.environ), "metadata": text}}, f)
+os.rename(out + ".tmp", out)
+"""
+
+
+class Recorder:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        exe = directory / "drkonqi"
+        exe.write_text(RECORDER.format(python=sys.executable))
+        exe.chmod(0o755)
+
+    def launches(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.dir.glob("launch-*.json"))]
+
+    async def wait(self, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while len(found := self.launches()) < count:  # noqa: ASYNC110 (files of another process)
+                await asyncio.sleep(0.05)
+        return found
+
+
+@pytest.fixture
+def recorder(tmp_path: Path) -> Recorder:
+    return Recorder(tmp_path / "libexec-recorder")
+
+
+class LauncherProc:
+    def __init__(self, daemon: Daemon, log: Path) -> None:
+        self.daemon = daemon
+        self.log = log
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(
+        self, libexec: Path, *args: str, env: dict[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
+        environ = self.daemon.env()
+        environ["LIBEXEC_PATH"] = str(libexec)
+        # As if started by the service manager: DrKonqi must not inherit these.
+        environ.update(INVOCATION_ID="0123456789abcdef", JOURNAL_STREAM="8:1234", LISTEN_PID="1")
+        environ.update(env or {})
+        with self.log.open("a") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "crashbroker.launcher", "--log-level=DEBUG", *args,
+                env=environ, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.procs.append(proc)
+        await self.wait_log("for KCrash crashes", len(self.procs))
+        return proc
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def wait_log(self, needle: str, count: int = 1, timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.text().count(needle) < count:  # noqa: ASYNC110 (a file another process writes)
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def launcher(daemon: Daemon, tmp_path: Path) -> AsyncIterator[LauncherProc]:
+    lp = LauncherProc(daemon, tmp_path / "launcher.log")
+    try:
+        yield lp
+    finally:
+        for proc in lp.procs:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    async with asyncio.timeout(10):
+                        await proc.wait()
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+def ini_groups(text: str) -> dict[str, dict[str, str]]:
+    """A small INI reader for comparing files (groups → key → raw value)."""
+    groups: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            current = groups.setdefault(line[1:-1], {})
+        elif "=" in line and current is not None:
+            key, value = line.split("=", 1)
+            current[key] = value
+    return groups
+
+
+DEBIAN_LAUNCHER = "/usr/lib/x86_64-linux-gnu/libexec/drkonqi-coredump-launcher"
+ACTIVATION = {"INVOCATION_ID", "JOURNAL_STREAM", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"}
+CONTRACT = Path(__file__).resolve().parents[2] / "dbus" / "org.kde.crashbroker1.Launcher.xml"
+
+
+async def launch(daemon: Daemon, crash_id: str) -> bool:
+    reply = await bus_call(
+        daemon.client.bus,
+        "Launch",
+        "s",
+        [crash_id],
+        destination=LAUNCHER_BUS_NAME,
+        path=LAUNCHER_OBJECT_PATH,
+        interface=LAUNCHER_INTERFACE,
+    )
+    assert reply.message_type == MessageType.METHOD_RETURN, (reply.error_name, reply.body)
+    return bool(reply.body[0])
+
+
+async def start_local(daemon: Daemon) -> None:
+    daemon.args = ["--catch-up=none", "--grace-ms=2000"]
+    await daemon.start()
+    await daemon.caught_up()
+
+
+def need_kronometer() -> None:
+    if shutil.which("kronometer") is None:
+        missing_rig("kronometer is not installed (scripts/setup installs it)")
+
+
+@pytest.mark.rig
+@pytest.mark.usefixtures("rig")
+async def test_real_kcrash_crash_is_claimed_and_drkonqi_started_like_drkonqi_5_does(
+    daemon: Daemon, launcher: LauncherProc, recorder: Recorder, kcrash_env: dict[str, str]
+):
+    need_kronometer()
+    kcrash_env["XDG_CACHE_HOME"] = str(daemon.cache_home)
+    await start_local(daemon)
+    await launcher.start(recorder.dir, "--drkonqi-version=5")
+    pid = await crash_kronometer(kcrash_env)
+    crash = await daemon.client.crash(pid, timeout=30)
+    [run] = await recorder.wait()
+
+    kcrash = crash["kcrash"]
+    expected: list[str] = []
+    for key in sorted(k for k in kcrash if k != "exe"):
+        expected += [f"--{key}", kcrash[key]]
+    assert run["argv"] == expected
+    assert run["argv"][:2] == ["--appname", "kronometer"]
+    env = run["env"]
+    assert env["DRKONQI_BACKEND"] == "COREDUMPD"
+    assert env["DRKONQI_METADATA_FILE"] == crash["metadata_path"]
+    assert not ACTIVATION & set(env)
+    groups = ini_groups(run["metadata"])
+    assert groups["KCrash"]["programname"] == "Kronometer"
+    assert groups["Journal"]["COREDUMP_PID"] == f"@ByteArray({pid})"
+    assert groups["Journal"]["COREDUMP_EXE"] == "@ByteArray(/usr/bin/kronometer)"
+
+    record = await daemon.call("GetCrash", "s", crash["id"])
+    assert (record["state"], record["claimed_by"]) == ("claimed", "crashbroker-launcher")
+
+
+def journal_json(cursor: str) -> dict[str, str]:
+    """The entry as drkonqi-coredump-processor sends it: every field as a string."""
+    out = subprocess.run(
+        ["journalctl", "-o", "json", "--all", f"--cursor={cursor}", "-n", "1", "--no-pager"],
+        capture_output=True,
+        check=True,
+    )
+    doc = json.loads(out.stdout.splitlines()[0])
+    fields: dict[str, str] = {}
+    for key, value in doc.items():
+        if key.startswith("__") or key == "COREDUMP":
+            continue
+        if isinstance(value, list):  # binary: journalctl gives the bytes
+            value = bytes(value).decode("utf-8", errors="replace")
+        fields[key] = "" if value is None else str(value)
+    return fields
+
+
+async def run_debian_launcher(
+    tmp: Path, fields: dict[str, str], env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """DrKonqi's own launcher, socket-activated as its .socket unit would (rig-notes §3)."""
+    sock = tmp / "drkonqi-coredump-launcher"
+    passed = [a for k in env for a in ("-E", k)]
+    with (tmp / "debian-launcher.log").open("wb") as log:
+        activate = subprocess.Popen(
+            ["systemd-socket-activate", "--seqpacket", "-a", "-l", str(sock), *passed,
+             DEBIAN_LAUNCHER],
+            env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    async with asyncio.timeout(10):
+        while not sock.exists():  # noqa: ASYNC110 (a socket another process creates)
+            await asyncio.sleep(0.02)
+    data = json.dumps(fields).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(str(sock))
+        for i in range(0, len(data), 8192):
+            s.send(data[i : i + 8192])
+    return activate
+
+
+@pytest.mark.rig
+@pytest.mark.usefixtures("rig")
+async def test_differential_same_argv_env_and_metadata_as_debians_drkonqi_coredump_launcher(
+    daemon: Daemon,
+    launcher: LauncherProc,
+    kcrash_env: dict[str, str],
+    tmp_path: Path,
+):
+    need_kronometer()
+    for tool in (DEBIAN_LAUNCHER, shutil.which("systemd-socket-activate") or "/nonexistent"):
+        if not os.access(tool, os.X_OK):
+            missing_rig(f"{tool} missing (packages drkonqi, systemd)")
+    kcrash_env["XDG_CACHE_HOME"] = str(daemon.cache_home)
+    await start_local(daemon)
+    pid = await crash_kronometer(kcrash_env)
+    crash = await daemon.client.crash(pid, timeout=30)
+
+    # DrKonqi's launcher gets its own copy of the cache (it rewrites the INI in place).
+    theirs_cache = tmp_path / "debian-cache"
+    (theirs_cache / "kcrash-metadata").mkdir(parents=True)
+    shutil.copy2(crash["metadata_path"], theirs_cache / "kcrash-metadata")
+    theirs_rec = Recorder(tmp_path / "debian-libexec")
+    env = {
+        "HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+        "XDG_CACHE_HOME": str(theirs_cache),
+        "XDG_RUNTIME_DIR": kcrash_env["XDG_RUNTIME_DIR"],
+        "QT_QPA_PLATFORM": "offscreen",
+        "LIBEXEC_PATH": str(theirs_rec.dir),
+    }
+    activate = await run_debian_launcher(tmp_path, journal_json(crash["journal_cursor"]), env)
+    try:
+        [theirs] = await theirs_rec.wait(timeout=30)
+    finally:
+        activate.terminate()
+        activate.wait(timeout=10)
+
+    ours_rec = Recorder(tmp_path / "our-libexec")
+    await launcher.start(ours_rec.dir, "--drkonqi-version=5")
+    assert await launch(daemon, crash["id"]) is True
+    [ours] = await ours_rec.wait()
+
+    assert ours["argv"] == theirs["argv"]
+    assert ours["env"]["DRKONQI_BACKEND"] == theirs["env"]["DRKONQI_BACKEND"] == "COREDUMPD"
+    ours_meta = Path(ours["env"]["DRKONQI_METADATA_FILE"]).relative_to(daemon.cache_home)
+    theirs_meta = Path(theirs["env"]["DRKONQI_METADATA_FILE"]).relative_to(theirs_cache)
+    assert ours_meta == theirs_meta == Path("kcrash-metadata") / f"{pid}.ini"
+    assert not ACTIVATION & set(theirs["env"])
+    assert not ACTIVATION & set(ours["env"])
+    ours_groups, theirs_groups = ini_groups(ours["metadata"]), ini_groups(theirs["metadata"])
+    assert ours_groups["KCrash"] == theirs_groups["KCrash"]
+    assert set(ours_groups["Journal"]) == set(theirs_groups["Journal"])
+    for key in ("COREDUMP_PID", "COREDUMP_EXE", "COREDUMP_SIGNAL", "_BOOT_ID", "COREDUMP_FILENAME"):
+        assert ours_groups["Journal"][key] == theirs_groups["Journal"][key], key
+
+
+def remote_kcrash(daemon: Daemon, rj: RemoteJournal, core: Path, **overrides: str) -> Any:
+    """A replayed kronometer entry with its KCrash INI and a core file that exists."""
+    entry = rj.coredump("kronometer-sigsegv.export", COREDUMP_FILENAME=str(core), **overrides)
+    pid = int(entry["COREDUMP_PID"])
+    exe = entry["COREDUMP_EXE"].decode()
+    write_ini(
+        daemon.kcrash_dir / f"{pid}.ini",
+        f"[KCrash]\nexe={exe}\nappname=kronometer\nprogramname=Kronometer\nsafer=true\n"
+        f"signal=11\npid={pid}\n",
+    )
+    return entry
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Path:
+    path = tmp_path / "core.zst"
+    path.write_bytes(b"not really a core, but a file that exists")
+    return path
+
+
+async def test_two_launchers_launch_a_crash_once_and_loops_and_past_crashes_never(
+    daemon: Daemon,
+    launcher: LauncherProc,
+    remote_journal: RemoteJournal,
+    recorder: Recorder,
+    core: Path,
+):
+    past = remote_kcrash(daemon, remote_journal, core, COREDUMP_EXE="/usr/bin/kpast")
+    remote_journal.append(past)
+    daemon.args = [f"--journal-dir={remote_journal.directory}", "--grace-ms=300"]
+    await daemon.start("--loop-window=60")
+    await daemon.caught_up()
+    journal_dir = f"--journal-dir={remote_journal.directory}"
+    await launcher.start(recorder.dir, journal_dir, "--drkonqi-version=5")
+    await launcher.start(recorder.dir, journal_dir, "--drkonqi-version=5")
+
+    loop = [remote_kcrash(daemon, remote_journal, core) for _ in range(4)]
+    remote_journal.append(*loop)
+    head = await daemon.client.crash(int(loop[0]["COREDUMP_PID"]))
+    await daemon.client.wait_for(
+        lambda: any(
+            n == "CrashUpdated" and b[1].get("burst") == 4 for n, b in daemon.client.signals
+        )
+    )
+    [run] = await recorder.wait()
+    await asyncio.sleep(1.0)  # give a wrong second launch the chance to show
+    assert len(recorder.launches()) == 1
+    assert "--safer" in run["argv"] and "true" not in run["argv"]  # bare flag for true
+    assert run["argv"][run["argv"].index("--pid") + 1] == str(head["pid"])
+    assert "was claimed by another handler" in launcher.text() or launcher.text().count(
+        "already claimed"
+    )
+    # The past crash is never launched on its own, but a user may ask for it.
+    past_crash = next(c for c in daemon.client.detected() if c["pid"] == int(past["COREDUMP_PID"]))
+    assert past_crash["past"] is True
+    assert await launch(daemon, past_crash["id"]) is True
+    await recorder.wait(2)
+
+
+async def test_no_launch_for_kde_debug_own_processes_and_rate_limited_signatures(
+    daemon: Daemon,
+    launcher: LauncherProc,
+    remote_journal: RemoteJournal,
+    recorder: Recorder,
+    core: Path,
+):
+    daemon.args = [f"--journal-dir={remote_journal.directory}", "--grace-ms=300"]
+    await daemon.start()
+    await daemon.caught_up()
+    journal_dir = f"--journal-dir={remote_journal.directory}"
+    await launcher.start(recorder.dir, journal_dir, "--drkonqi-version=5", "--rate-limit=3600")
+
+    first, second = (remote_kcrash(daemon, remote_journal, core) for _ in range(2))
+    own = remote_kcrash(
+        daemon,
+        remote_journal,
+        core,
+        COREDUMP_EXE="/usr/bin/python3.11",
+        COREDUMP_COMM="crashbroker-lau",
+        COREDUMP_CMDLINE="/usr/bin/python3 /usr/bin/crashbroker-launcher",
+    )
+    remote_journal.append(first, second, own)
+    for e in (first, second, own):
+        await daemon.client.crash(int(e["COREDUMP_PID"]))
+    await launcher.wait_log("not launching DrKonqi", 2)
+    assert len(recorder.launches()) == 1
+    log = launcher.text()
+    assert "this signature was launched moments ago" in log
+    assert "a crash of DrKonqi or crashbroker" in log
+    own_id = next(c["id"] for c in daemon.client.detected() if c["pid"] == int(own["COREDUMP_PID"]))
+    assert await launch(daemon, own_id) is False  # not even on request
+
+    debug_rec = Recorder(recorder.dir.parent / "debug-libexec")
+    await launcher.start(debug_rec.dir, journal_dir, "--drkonqi-version=5", env={"KDE_DEBUG": "1"})
+    third = remote_kcrash(daemon, remote_journal, core, COREDUMP_EXE="/usr/bin/other")
+    remote_journal.append(third)
+    await launcher.wait_log("KDE_DEBUG is set")
+    assert debug_rec.launches() == []
+
+
+async def test_launcher_interface_matches_its_xml(
+    daemon: Daemon, launcher: LauncherProc, recorder: Recorder
+):
+    await launcher.start(recorder.dir, "--drkonqi-version=5")
+    reply = await bus_call(
+        daemon.client.bus,
+        "Introspect",
+        destination=LAUNCHER_BUS_NAME,
+        path=LAUNCHER_OBJECT_PATH,
+        interface="org.freedesktop.DBus.Introspectable",
+    )
+    [live] = [i for i in Node.parse(reply.body[0]).interfaces if i.name == LAUNCHER_INTERFACE]
+    [xml] = [i for i in Node.parse(CONTRACT.read_text()).interfaces if i.name == LAUNCHER_INTERFACE]
+
+    def shape(i: Any) -> list[tuple[str, list[str], list[str]]]:
+        return [
+            (m.name, [a.signature for a in m.in_args], [a.signature for a in m.out_args])
+            for m in i.methods
+        ]
+
+    assert shape(live) == shape(xml)
