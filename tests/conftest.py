@@ -37,6 +37,22 @@ JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 
 
+def as_user(user: str) -> list[str]:
+    """A command prefix running crashbroker's Python as ``user`` (no groups). The venv's own
+    interpreter lives under /root here, so the system Python 3.11 runs our sources and the
+    venv's packages."""
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        missing_rig("running as another user needs root and setpriv")
+    import pwd
+
+    site = next((ROOT / ".venv" / "lib").glob("python3.*/site-packages"))
+    gid = pwd.getpwnam(user).pw_gid
+    return [
+        "setpriv", f"--reuid={user}", f"--regid={gid}", "--clear-groups",
+        "env", f"PYTHONPATH={ROOT / 'src'}:{site}", "/usr/bin/python3",
+    ]  # fmt: skip
+
+
 def missing_rig(reason: str) -> None:
     """Skip locally; fail under CI=true, where every rig must come up."""
     if IN_CI:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -304,14 +306,119 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--json", action="store_true", help='{"id": ..., "backtrace": ...}')
     bt.set_defaults(handler=cmd_backtrace)
 
+    ins = sub.add_parser("install", help="install the user units and the D-Bus activation file")
+    ins.add_argument("--bindir", type=Path, help="where the crashbroker commands are")
+    ins.add_argument("--uninstall", action="store_true")
+    ins.add_argument("--force", action="store_true", help="replace files crashbroker did not write")
+
+    cl = sub.add_parser("cleanup", help="remove old KCrash metadata and forget old crashes")
+    cl.add_argument("--max-age-days", type=float, default=7.0, help="KCrash INIs (default 7)")
+    cl.add_argument(
+        "--expire-days", type=float, default=30.0, help="crash records, DrKonqi records (30)"
+    )
+    cl.add_argument("--dry-run", action="store_true")
+    cl.add_argument("--json", action="store_true")
+    cl.add_argument("--cache-home", type=Path, help="default: $XDG_CACHE_HOME")
+
+    doc = sub.add_parser("doctor", help="check that crashes can reach crashbroker")
+    doc.add_argument("--json", action="store_true")
+
     st = sub.add_parser("stats", help="the daemon's counters (forged entries dropped, ...)")
     st.add_argument("--json", action="store_true")
     st.set_defaults(handler=cmd_stats)
     return parser
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    from crashbroker.ops import install as ops
+
+    targets = ops.Targets.from_env(os.environ)
+    try:
+        if args.uninstall:
+            result = ops.uninstall(targets, force=args.force)
+            for path in result.removed:
+                print(f"removed {path}")
+            return EXIT_OK
+        result = ops.install(targets, args.bindir or ops.default_bindir(), force=args.force)
+    except ops.InstallError as exc:
+        print(f"crashbroker install: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for path in result.written:
+        print(f"wrote {path}")
+    for path in result.unchanged:
+        print(f"unchanged {path}")
+    print(
+        "next: systemctl --user daemon-reload && systemctl --user enable --now "
+        "crashbroker crashbroker-notifier crashbroker-launcher crashbroker-cleanup.timer"
+    )
+    return EXIT_OK
+
+
+async def cmd_cleanup(args: argparse.Namespace) -> int:
+    from crashbroker.config import xdg_dir
+    from crashbroker.ops.cleanup import cleanup
+
+    client: BrokerClient | None = None
+    bus = None
+    with contextlib.suppress(Exception):  # no bus: clean the files anyway
+        bus = await connect_bus(args.bus_address)
+        client = BrokerClient(bus)
+        if not await client.daemon_running():
+            client = None
+    try:
+        report = await cleanup(
+            client,
+            args.cache_home or xdg_dir(os.environ, "XDG_CACHE_HOME", ".cache"),
+            max_age_days=args.max_age_days,
+            expire_days=args.expire_days,
+            dry_run=args.dry_run,
+        )
+    finally:
+        if bus is not None:
+            bus.disconnect()
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        for path in report.removed:
+            print(f"{verb} {path}")
+        for path in report.kept_pending:
+            print(f"kept {path} (its crash is still pending)")
+        for path in report.skipped:
+            print(f"skipped {path} (not a regular file)")
+        if report.expired is not None:
+            print(f"forgot {report.expired} crash records older than {args.expire_days:g} days")
+        elif not args.dry_run:
+            print("daemon not running: crash records left as they are")
+        for error in report.errors:
+            print(f"error: {error}", file=sys.stderr)
+    return EXIT_FAILED if report.errors else EXIT_OK
+
+
+async def cmd_doctor(args: argparse.Namespace) -> int:
+    from crashbroker.domain.doctor import checks, exit_code
+    from crashbroker.ops.doctor import gather
+
+    results = checks(await gather(os.environ, args.bus_address))
+    if args.json:
+        _print_json([{**dataclasses.asdict(c), "status": str(c.status)} for c in results])
+    else:
+        width = max(len(c.name) for c in results)
+        for c in results:
+            print(f"{c.status.value:>4}  {c.name.ljust(width)}  {c.detail}")
+            if c.hint and c.status.value != "ok":
+                print(f"      {'':{width}}  → {c.hint}")
+    return exit_code(results)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "install":
+        return cmd_install(args)
+    if args.command == "cleanup":
+        return asyncio.run(cmd_cleanup(args))
+    if args.command == "doctor":
+        return asyncio.run(cmd_doctor(args))
     if args.command == "daemon":
         from crashbroker import daemon
         from crashbroker.config import Config

@@ -1,0 +1,1 @@
+"""Operational commands: install, cleanup, doctor (imperative shells over pure decisions)."""
