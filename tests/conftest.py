@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -553,3 +554,93 @@ def variant_filter(**kw: Any) -> dict[str, Variant]:
         sig = "u" if k == "limit" else sigs[type(v)]
         out[k] = Variant(sig, v)
     return out
+
+
+# ---- DrKonqi stand-in and the launcher (tests/launcher, tests/notifier) -----------------------
+
+# Started as `drkonqi` (found through LIBEXEC_PATH, as KCrash and DrKonqi's launcher look it up):
+# writes its argv, environment and the metadata file it was given, then exits.
+RECORDER = """#!{python}
+import json, os, sys
+meta = os.environ.get("DRKONQI_METADATA_FILE", "")
+try:
+    text = open(meta, encoding="utf-8", errors="replace").read() if meta else None
+except OSError as exc:
+    text = f"unreadable: {{exc}}"
+out = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), f"launch-{{os.getpid()}}.json")
+with open(out + ".tmp", "w") as f:
+    json.dump({{"argv": sys.argv[1:], "env": dict(os.environ), "metadata": text}}, f)
+os.rename(out + ".tmp", out)
+"""
+
+
+class DrKonqiRecorder:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        exe = directory / "drkonqi"
+        exe.write_text(RECORDER.format(python=sys.executable))
+        exe.chmod(0o755)
+
+    def launches(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.dir.glob("launch-*.json"))]
+
+    async def wait(self, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while len(found := self.launches()) < count:  # noqa: ASYNC110 (files of another process)
+                await asyncio.sleep(0.05)
+        return found
+
+
+@pytest.fixture
+def recorder(tmp_path: Path) -> DrKonqiRecorder:
+    return DrKonqiRecorder(tmp_path / "libexec-recorder")
+
+
+class LauncherProc:
+    def __init__(self, daemon: Daemon, log: Path) -> None:
+        self.daemon = daemon
+        self.log = log
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(
+        self, libexec: Path, *args: str, env: dict[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
+        environ = self.daemon.env()
+        environ["LIBEXEC_PATH"] = str(libexec)
+        # As if started by the service manager: DrKonqi must not inherit these.
+        environ.update(INVOCATION_ID="0123456789abcdef", JOURNAL_STREAM="8:1234", LISTEN_PID="1")
+        environ.update(env or {})
+        with self.log.open("a") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "crashbroker.launcher", "--log-level=DEBUG", *args,
+                env=environ, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.procs.append(proc)
+        await self.wait_log("for KCrash crashes", len(self.procs))
+        return proc
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def wait_log(self, needle: str, count: int = 1, timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.text().count(needle) < count:  # noqa: ASYNC110 (a file another process writes)
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def launcher(daemon: Daemon, tmp_path: Path) -> AsyncIterator[LauncherProc]:
+    lp = LauncherProc(daemon, tmp_path / "launcher.log")
+    try:
+        yield lp
+    finally:
+        for proc in lp.procs:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    async with asyncio.timeout(10):
+                        await proc.wait()
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()

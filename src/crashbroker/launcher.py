@@ -102,6 +102,7 @@ class Options:
     journal_dir: Path | None
     cache_home: Path
     env: Mapping[str, str]
+    on_request_only: bool = False
 
 
 class Launcher:
@@ -117,7 +118,7 @@ class Launcher:
 
     async def on_event(self, event: CrashEvent) -> None:
         """Only CrashDetected launches; a loop's CrashUpdated never does."""
-        if event.kind != "detected":
+        if event.kind != "detected" or self._options.on_request_only:
             return
         await self.consider(event.data, explicit=False)
 
@@ -225,6 +226,7 @@ async def run(args: argparse.Namespace) -> int:
         journal_dir=args.journal_dir,
         cache_home=args.cache_home or xdg_dir(env, "XDG_CACHE_HOME", ".cache"),
         env=env,
+        on_request_only=args.on_request_only,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -281,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         metavar="SECONDS",
         help="at most one automatic launch per signature in this time (default 60)",
+    )
+    p.add_argument(
+        "--on-request-only",
+        action="store_true",
+        help="start DrKonqi only when asked (Launch, the notifier's Report…), never by itself",
     )
     p.add_argument("--journal-dir", type=Path, help="the journal directory the daemon follows")
     p.add_argument("--cache-home", type=Path, help="default: $XDG_CACHE_HOME")

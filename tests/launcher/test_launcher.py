@@ -10,8 +10,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,99 +17,21 @@ import pytest
 from dbus_fast import MessageType
 from dbus_fast.introspection import Node
 
-from conftest import Daemon, RemoteJournal, bus_call, crash_kronometer, missing_rig, write_ini
+from conftest import (
+    Daemon,
+    DrKonqiRecorder,
+    LauncherProc,
+    RemoteJournal,
+    bus_call,
+    crash_kronometer,
+    missing_rig,
+    write_ini,
+)
 from crashbroker.adapters.dbus_names import (
     LAUNCHER_BUS_NAME,
     LAUNCHER_INTERFACE,
     LAUNCHER_OBJECT_PATH,
 )
-
-# Started as `drkonqi` (found through LIBEXEC_PATH, as KCrash and DrKonqi's launcher look it up):
-# writes its argv, environment and the metadata file it was given, then exits.
-RECORDER = """#!{python}
-import json, os, sys
-meta = os.environ.get("DRKONQI_METADATA_FILE", "")
-try:
-    text = open(meta, encoding="utf-8", errors="replace").read() if meta else None
-except OSError as exc:
-    text = f"unreadable: {{exc}}"
-out = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), f"launch-{{os.getpid()}}.json")
-with open(out + ".tmp", "w") as f:
-    json.dump({{"argv": sys.argv[1:], "env": dict(os.environ), "metadata": text}}, f)
-os.rename(out + ".tmp", out)
-"""
-
-
-class Recorder:
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        exe = directory / "drkonqi"
-        exe.write_text(RECORDER.format(python=sys.executable))
-        exe.chmod(0o755)
-
-    def launches(self) -> list[dict[str, Any]]:
-        return [json.loads(p.read_text()) for p in sorted(self.dir.glob("launch-*.json"))]
-
-    async def wait(self, count: int = 1, timeout: float = 30.0) -> list[dict[str, Any]]:
-        async with asyncio.timeout(timeout):
-            while len(found := self.launches()) < count:  # noqa: ASYNC110 (files of another process)
-                await asyncio.sleep(0.05)
-        return found
-
-
-@pytest.fixture
-def recorder(tmp_path: Path) -> Recorder:
-    return Recorder(tmp_path / "libexec-recorder")
-
-
-class LauncherProc:
-    def __init__(self, daemon: Daemon, log: Path) -> None:
-        self.daemon = daemon
-        self.log = log
-        self.procs: list[asyncio.subprocess.Process] = []
-
-    async def start(
-        self, libexec: Path, *args: str, env: dict[str, str] | None = None
-    ) -> asyncio.subprocess.Process:
-        environ = self.daemon.env()
-        environ["LIBEXEC_PATH"] = str(libexec)
-        # As if started by the service manager: DrKonqi must not inherit these.
-        environ.update(INVOCATION_ID="0123456789abcdef", JOURNAL_STREAM="8:1234", LISTEN_PID="1")
-        environ.update(env or {})
-        with self.log.open("a") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "crashbroker.launcher", "--log-level=DEBUG", *args,
-                env=environ, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        self.procs.append(proc)
-        await self.wait_log("for KCrash crashes", len(self.procs))
-        return proc
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    async def wait_log(self, needle: str, count: int = 1, timeout: float = 20.0) -> None:
-        async with asyncio.timeout(timeout):
-            while self.text().count(needle) < count:  # noqa: ASYNC110 (a file another process writes)
-                await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def launcher(daemon: Daemon, tmp_path: Path) -> AsyncIterator[LauncherProc]:
-    lp = LauncherProc(daemon, tmp_path / "launcher.log")
-    try:
-        yield lp
-    finally:
-        for proc in lp.procs:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    async with asyncio.timeout(10):
-                        await proc.wait()
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
 
 
 def ini_groups(text: str) -> dict[str, dict[str, str]]:
@@ -160,7 +80,7 @@ def need_kronometer() -> None:
 @pytest.mark.rig
 @pytest.mark.usefixtures("rig")
 async def test_real_kcrash_crash_is_claimed_and_drkonqi_started_like_drkonqi_5_does(
-    daemon: Daemon, launcher: LauncherProc, recorder: Recorder, kcrash_env: dict[str, str]
+    daemon: Daemon, launcher: LauncherProc, recorder: DrKonqiRecorder, kcrash_env: dict[str, str]
 ):
     need_kronometer()
     kcrash_env["XDG_CACHE_HOME"] = str(daemon.cache_home)
@@ -251,7 +171,7 @@ async def test_differential_same_argv_env_and_metadata_as_debians_drkonqi_coredu
     theirs_cache = tmp_path / "debian-cache"
     (theirs_cache / "kcrash-metadata").mkdir(parents=True)
     shutil.copy2(crash["metadata_path"], theirs_cache / "kcrash-metadata")
-    theirs_rec = Recorder(tmp_path / "debian-libexec")
+    theirs_rec = DrKonqiRecorder(tmp_path / "debian-libexec")
     env = {
         "HOME": str(tmp_path),
         "PATH": "/usr/bin:/bin",
@@ -267,7 +187,7 @@ async def test_differential_same_argv_env_and_metadata_as_debians_drkonqi_coredu
         activate.terminate()
         activate.wait(timeout=10)
 
-    ours_rec = Recorder(tmp_path / "our-libexec")
+    ours_rec = DrKonqiRecorder(tmp_path / "our-libexec")
     await launcher.start(ours_rec.dir, "--drkonqi-version=5")
     assert await launch(daemon, crash["id"]) is True
     [ours] = await ours_rec.wait()
@@ -310,7 +230,7 @@ async def test_two_launchers_launch_a_crash_once_and_loops_and_past_crashes_neve
     daemon: Daemon,
     launcher: LauncherProc,
     remote_journal: RemoteJournal,
-    recorder: Recorder,
+    recorder: DrKonqiRecorder,
     core: Path,
 ):
     past = remote_kcrash(daemon, remote_journal, core, COREDUMP_EXE="/usr/bin/kpast")
@@ -349,7 +269,7 @@ async def test_no_launch_for_kde_debug_own_processes_and_rate_limited_signatures
     daemon: Daemon,
     launcher: LauncherProc,
     remote_journal: RemoteJournal,
-    recorder: Recorder,
+    recorder: DrKonqiRecorder,
     core: Path,
 ):
     daemon.args = [f"--journal-dir={remote_journal.directory}", "--grace-ms=300"]
@@ -378,7 +298,7 @@ async def test_no_launch_for_kde_debug_own_processes_and_rate_limited_signatures
     own_id = next(c["id"] for c in daemon.client.detected() if c["pid"] == int(own["COREDUMP_PID"]))
     assert await launch(daemon, own_id) is False  # not even on request
 
-    debug_rec = Recorder(recorder.dir.parent / "debug-libexec")
+    debug_rec = DrKonqiRecorder(recorder.dir.parent / "debug-libexec")
     await launcher.start(debug_rec.dir, journal_dir, "--drkonqi-version=5", env={"KDE_DEBUG": "1"})
     third = remote_kcrash(daemon, remote_journal, core, COREDUMP_EXE="/usr/bin/other")
     remote_journal.append(third)
@@ -387,7 +307,7 @@ async def test_no_launch_for_kde_debug_own_processes_and_rate_limited_signatures
 
 
 async def test_launcher_interface_matches_its_xml(
-    daemon: Daemon, launcher: LauncherProc, recorder: Recorder
+    daemon: Daemon, launcher: LauncherProc, recorder: DrKonqiRecorder
 ):
     await launcher.start(recorder.dir, "--drkonqi-version=5")
     reply = await bus_call(
