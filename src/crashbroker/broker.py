@@ -466,8 +466,9 @@ class Broker:
         Raises:
             StoreError: the rows could not be deleted (nothing is forgotten then).
         """
-        cutoff = self._wall() - max_age_s * 1_000_000
-        removed = self._store.expire(cutoff)
+        # An age beyond the epoch expires nothing (and must not overflow SQLite's 64 bits).
+        cutoff = max(0, self._wall() - max_age_s * 1_000_000)
+        removed = self._store.expire(cutoff) if cutoff else []
         for crash_id in removed:
             crash = self._crashes.pop(crash_id, None)
             if crash is None:
