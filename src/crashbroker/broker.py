@@ -43,11 +43,13 @@ class Store(Protocol):
 
     def cursor(self) -> str | None: ...
 
-    def add(self, crash: Crash, cursor: str | None, also: Crash | None = None) -> bool: ...
-
     def update(self, crash: Crash) -> None: ...
 
-    def upsert(self, crashes: list[Crash], cursor: str | None) -> None: ...
+    def upsert(self, crashes: list[Crash], cursor: str | None, announced: bool = True) -> None: ...
+
+    def mark_announced(self, ids: list[str]) -> None: ...
+
+    def unannounced(self) -> list[str]: ...
 
     def save_cursor(self, cursor: str) -> None: ...
 
@@ -165,6 +167,10 @@ class Broker:
         # Crashes whose in-memory version the store lacks (disk full, I/O error): retried until
         # stored, and the cursor is not saved past them meanwhile.
         self._unsaved: set[str] = set()
+        self._staged: dict[str, None] = {}  # found in this batch, not yet stored
+        self._commit_lock = asyncio.Lock()
+        # What this batch announces, in order: (new crash?, snapshot).
+        self._outbox: list[tuple[bool, Crash]] = []
         self._retry_at: int | None = None
 
     # ---- ingestion -------------------------------------------------------------------------
@@ -206,6 +212,7 @@ class Broker:
         if not batch.entries and batch.position:
             self._tracker.seen(batch.position)
         await self._carry_out(effects)
+        await self._commit_staged()
         self._persist_cursor()
         if batch.at_end and not self.caught_up:
             self.caught_up = True
@@ -231,6 +238,7 @@ class Broker:
                 except TimeoutError:
                     pass
             await self._carry_out(self._correlator.tick(self._monotonic()))
+            await self._commit_staged()
             self._persist_cursor()
 
     async def _carry_out(self, effects: list[Effect]) -> None:
@@ -299,8 +307,7 @@ class Broker:
                 last_id=crash.id,
                 last_seen=place.burst.last_seen,
             )
-        if not self._store_new(crash, head):
-            return
+        self._stage(crash, head)
         self._crashes[crash.id] = crash
         self._signatures[key] += 1
         self._first_seen[key] = first_seen
@@ -318,41 +325,119 @@ class Broker:
             f" [burst of {head.id}: {head.burst}]" if head else "",
         )
         if head is None:
-            self.publisher.crash_detected(crash)
+            self._outbox.append((True, crash))
         else:
             self.stats.folded += 1
             if head.loop and not was_loop:
                 self.stats.loops += 1
                 logger.warning("crash loop: %s crashed %d times", key, head.burst)
             self._crashes[head.id] = head
-            self.publisher.crash_updated(head, _BURST_KEYS)
-        self.publisher.properties_changed(["CrashCount"])
+            self._outbox.append((False, head))
 
     def _publish_quietly(self, crash: Crash, key: str, first_seen: int) -> None:
         """Index a crash the user had dismissed before the store was rebuilt: no event."""
         crash = replace(crash, first_seen=first_seen, last_seen=crash.entry.timestamp)
-        if self._store_new(crash, None):
-            self._crashes[crash.id] = crash
-            self._signatures[key] += 1
-            self._first_seen[key] = first_seen
+        self._stage(crash, None)
+        self._crashes[crash.id] = crash
+        self._signatures[key] += 1
+        self._first_seen[key] = first_seen
 
-    def _store_new(self, crash: Crash, head: Crash | None) -> bool:
-        """Store a new crash (and its updated burst head) with the cursor; False when an earlier
-        run stored it already."""
+    def _stage(self, crash: Crash, head: Crash | None) -> None:
+        """Remember a published crash (and its burst head) for :meth:`_commit_staged`."""
+        self._staged[crash.id] = None
+        if head is not None:
+            self._staged[head.id] = None
+
+    async def _commit_staged(self) -> None:
+        """Store what this batch found, then announce it, then note that it was announced.
+
+        1. the crash rows and the cursor commit with ``announced=0``;
+        2. the signals go out, and a round trip to the bus (the barrier) confirms the bus has
+           them all;
+        3. the rows are marked ``announced=1``.
+
+        A ``kill -9`` before 1 re-reads the entries; between 1 and 2 the next start announces
+        the stored rows; only between 2 and 3 — the barrier's round trip and one UPDATE — can a
+        crash be announced twice (same id). Nothing can be stored and never announced.
+        """
+        if not self._staged:
+            return
+        async with self._commit_lock:
+            await self._commit_staged_locked()
+
+    async def quiesce(self) -> None:
+        """For a clean stop: wait for a commit in progress, and let no other one start (a stop
+        between announcing and noting it would announce those crashes again next time)."""
+        await self._commit_lock.acquire()
+
+    async def _commit_staged_locked(self) -> None:
+        if not self._staged:
+            return
+        ids = list(self._staged)
+        self._staged.clear()
+        outbox, self._outbox = self._outbox, []
+        rows = [self._crashes[i] for i in ids if i in self._crashes]
         # While earlier crashes wait for a retry, the cursor must not move past them.
         cursor = None if self._unsaved else self._tracker.safe()
+        stored = True
         try:
-            if not self._store.add(crash, cursor, also=head):
-                # Stored by an earlier run but not in our index: nothing new to announce.
-                self.stats.already_known += 1
-                return False
+            self._store.upsert(rows, cursor, announced=False)
             if cursor is not None:
                 self._saved_cursor = cursor
         except StoreError as exc:
-            # Publishing live matters more than persisting. The crash is retried; until it is
-            # stored the cursor stays behind it, so even a restart meanwhile reads it again.
-            self._store_failed(f"could not store crash {crash.id}", exc, crash, head)
+            # Publishing live matters more than persisting. The crashes are retried; until
+            # they are stored the cursor stays behind them, so a restart reads them again.
+            stored = False
+            self._store_failed(f"could not store {len(rows)} crashes", exc, *rows)
+        delivered = await self._announce(outbox)
+        if stored and delivered:
+            try:
+                self._store.mark_announced(ids)
+            except StoreError as exc:
+                logger.warning("could not note %d crashes as announced: %s", len(ids), exc)
+
+    async def _announce(self, outbox: list[tuple[bool, Crash]]) -> bool:
+        """Send the signals; True once the bus confirmed it has them."""
+        for new, crash in outbox:
+            if new:
+                self.publisher.crash_detected(crash)
+            else:
+                self.publisher.crash_updated(crash, _BURST_KEYS)
+        if not outbox:
+            return True
+        self.publisher.properties_changed(["CrashCount"])
+        try:
+            await self.publisher.barrier()
+        except Exception as exc:  # the bus is going away; the daemon notices and exits
+            logger.error("the bus did not confirm %d announcements: %s", len(outbox), exc)
+            return False
         return True
+
+    async def announce_pending(self) -> None:
+        """At start, on the bus: announce crashes an earlier run stored but was killed before
+        announcing (step 2 of :meth:`_commit_staged`)."""
+        try:
+            pending = self._store.unannounced()
+        except StoreError as exc:
+            logger.error("cannot read unannounced crashes: %s", exc)
+            return
+        if not pending:
+            return
+        heads = [self._crashes[i] for i in pending if i in self._crashes]
+        logger.warning("announcing %d crashes a killed run stored but never announced", len(heads))
+        for crash in heads:
+            if crash.loop_head:
+                continue  # its head carries it
+            self.publisher.crash_detected(crash)
+        try:
+            await self.publisher.barrier()
+        except Exception as exc:  # the bus is going away; the daemon notices and exits
+            logger.error("the bus did not confirm the announcements: %s", exc)
+            return
+        try:
+            self._store.mark_announced(pending)
+        except StoreError as exc:
+            logger.warning("could not note crashes as announced: %s", exc)
 
     def _store_failed(self, what: str, exc: StoreError, *crashes: Crash | None) -> None:
         self.stats.store_errors += 1
@@ -370,7 +455,7 @@ class Broker:
             return False
         pending = [self._crashes[i] for i in self._unsaved if i in self._crashes]
         try:
-            self._store.upsert(pending, None)
+            self._store.upsert(pending, None, announced=True)
         except StoreError as exc:
             self._store_failed("the crash store still fails", exc)
             return False

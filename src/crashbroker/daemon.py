@@ -10,13 +10,14 @@ restarts us; the stored cursor means nothing is lost meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import time
 from contextlib import AsyncExitStack
 
-from dbus_fast import BusType, RequestNameReply
+from dbus_fast import BusType, Message, RequestNameReply
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
@@ -51,6 +52,18 @@ def _monotonic_us() -> int:
 
 def _wall_us() -> int:
     return time.time_ns() // 1000
+
+
+async def _ping(bus: MessageBus) -> None:
+    """A round trip to the bus daemon (org.freedesktop.DBus.Peer.Ping)."""
+    await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus.Peer",
+            member="Ping",
+        )
+    )
 
 
 async def _bus_gone(bus: MessageBus) -> None:
@@ -121,7 +134,7 @@ async def run(config: Config) -> int:
         # dbus-fast needs disconnect() even when connect() fails half-way (bleak's note).
         stack.callback(bus.disconnect)
         await bus.connect()
-        interface = ManagerInterface(broker, __version__)
+        interface = ManagerInterface(broker, __version__, barrier=lambda: _ping(bus))
         bus.export(OBJECT_PATH, interface)
         stack.callback(bus.unexport, OBJECT_PATH, interface)
         broker.publisher = interface
@@ -137,6 +150,7 @@ async def run(config: Config) -> int:
             config.database,
         )
 
+        await broker.announce_pending()
         bus_lost = False
         async with asyncio.TaskGroup() as tg:
             workers = [
@@ -148,6 +162,11 @@ async def run(config: Config) -> int:
             disconnected = tg.create_task(_bus_gone(bus), name="bus")
             await asyncio.wait([stopping, disconnected], return_when=asyncio.FIRST_COMPLETED)
             bus_lost = disconnected.done()
+            if not bus_lost:
+                # Let an announcement in flight be noted as done, so it is not repeated.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await broker.quiesce()
             for task in (*workers, stopping, disconnected):
                 task.cancel()
         if bus_lost:

@@ -19,6 +19,10 @@ class Publisher(Protocol):
 
     def properties_changed(self, names: Sequence[str]) -> None: ...
 
+    async def barrier(self) -> None:
+        """Returns once everything published so far has reached the bus."""
+        ...
+
 
 class MetadataReader(Protocol):
     """Finds the KCrash metadata of a coredump, and removes KCrash INIs."""
@@ -41,4 +45,7 @@ class NullPublisher:
         pass
 
     def properties_changed(self, names: Sequence[str]) -> None:
+        pass
+
+    async def barrier(self) -> None:
         pass

@@ -8,7 +8,7 @@ is logged here once and answered with ``…Error.Failed`` and no traceback.
 # No ``from __future__ import annotations`` here: dbus-fast reads the annotations at runtime, and
 # a postponed ``-> None`` reaches it as the string "None", which it turns into a None signature.
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, Protocol
 
@@ -78,10 +78,16 @@ def _translated(member: str) -> Iterator[None]:
 class ManagerInterface(ServiceInterface):
     """The exported Manager object; also the broker's :class:`~crashbroker.ports.Publisher`."""
 
-    def __init__(self, manager: Manager, version: str) -> None:
+    def __init__(
+        self,
+        manager: Manager,
+        version: str,
+        barrier: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         super().__init__(MANAGER_INTERFACE)
         self._manager = manager
         self._version = version
+        self._barrier = barrier
 
     # ---- methods ----------------------------------------------------------------------------
 
@@ -167,6 +173,12 @@ class ManagerInterface(ServiceInterface):
 
     def crash_removed(self, crash_id: str) -> None:
         self._crash_removed(crash_id)
+
+    async def barrier(self) -> None:
+        """Signals are written in order: once a round trip to the bus after them is answered,
+        the bus has every one of them."""
+        if self._barrier is not None:
+            await self._barrier()
 
     def properties_changed(self, names: Sequence[str]) -> None:
         values = {

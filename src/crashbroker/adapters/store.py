@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS crashes (
     timestamp INTEGER NOT NULL,
     signature TEXT NOT NULL,
     state     TEXT NOT NULL,
-    record    TEXT NOT NULL
+    record    TEXT NOT NULL,
+    announced INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS crashes_signature ON crashes(signature);
 CREATE TABLE IF NOT EXISTS backtraces (
@@ -123,6 +124,11 @@ class CrashStore:
             # WAL + NORMAL survives a killed process (not a power cut) without an fsync per commit.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(crashes)")}
+            if "announced" not in columns:  # a store from before announced-tracking
+                self._db.execute(
+                    "ALTER TABLE crashes ADD COLUMN announced INTEGER NOT NULL DEFAULT 1"
+                )
             self._db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),)
             )
@@ -231,24 +237,41 @@ class CrashStore:
             (crash.state.value, crash.signature, encode(crash), crash.id),
         )
 
-    def upsert(self, crashes: list[Crash], cursor: str | None) -> None:
-        """Insert or replace ``crashes`` (and move the cursor) in one transaction."""
+    def upsert(self, crashes: list[Crash], cursor: str | None, announced: bool = True) -> None:
+        """Insert or replace ``crashes`` (and move the cursor) in one transaction. New rows get
+        ``announced``; a row already announced stays so."""
         with self._tx() as db:
-            for crash in crashes:
-                db.execute(
-                    "INSERT INTO crashes(id, timestamp, signature, state, record)"
-                    " VALUES(?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
-                    " state=excluded.state, signature=excluded.signature, record=excluded.record",
+            db.executemany(
+                "INSERT INTO crashes(id, timestamp, signature, state, record, announced)"
+                " VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                " state=excluded.state, signature=excluded.signature, record=excluded.record,"
+                " announced=max(announced, excluded.announced)",
+                [
                     (
                         crash.id,
                         crash.entry.timestamp,
                         crash.signature,
                         crash.state.value,
                         encode(crash),
-                    ),
-                )
+                        int(announced),
+                    )
+                    for crash in crashes
+                ],
+            )
             if cursor is not None:
                 self._put_cursor(db, cursor)
+
+    def mark_announced(self, ids: list[str]) -> None:
+        with self._tx() as db:
+            db.executemany("UPDATE crashes SET announced=1 WHERE id=?", [(i,) for i in ids])
+
+    def unannounced(self) -> list[str]:
+        """Crashes stored by a run that stopped before announcing them."""
+        try:
+            rows = self._db.execute("SELECT id FROM crashes WHERE announced=0").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"crash store {self.path}: {exc}") from exc
+        return [str(r[0]) for r in rows]
 
     def backtrace(self, crash_id: str) -> str | None:
         """The cached backtrace of a crash, or None."""
