@@ -314,7 +314,10 @@ class Broker:
         self.stats.published += 1
         if effect.metadata is not None:
             self.stats.with_metadata += 1
-        logger.info(
+        # A first start can index thousands of past crashes: those go to the debug log, and the
+        # "caught up" line counts them.
+        logger.log(
+            logging.DEBUG if crash.past else logging.INFO,
             "crash %s: %s (pid %d, %s)%s%s%s",
             crash.id,
             crash.entry.exe or crash.entry.comm,
@@ -401,6 +404,7 @@ class Broker:
         for new, crash in outbox:
             if new:
                 self.publisher.crash_detected(crash)
+                await self.publisher.drain()
             else:
                 self.publisher.crash_updated(crash, _BURST_KEYS)
         if not outbox:

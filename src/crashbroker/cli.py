@@ -52,7 +52,7 @@ def print_table(crashes: list[dict[str, Any]], out: TextIO) -> None:
                 c["app_name"],
                 c["exe"],
                 c["state"] + (" (past)" if c["past"] else ""),
-                "yes" if c["kcrash"] else "-",
+                "yes" if c["kcrash_source"] else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -132,6 +132,8 @@ async def cmd_list(client: BrokerClient, args: argparse.Namespace) -> int:
         flt["limit"] = Variant("u", args.limit)
     if args.since is not None:
         flt["since"] = Variant("t", int((time.time() - args.since) * 1_000_000))
+    if args.full:
+        flt["full"] = Variant("b", True)
     crashes = await client.list_crashes(**flt)
     if args.json:
         _print_json(crashes)
@@ -284,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--state", choices=["new", "claimed", "dismissed"])
     ls.add_argument("--limit", type=int)
     ls.add_argument("--since", type=float, metavar="SECONDS", help="only the last SECONDS")
+    ls.add_argument("--full", action="store_true", help="every key of each crash (as show)")
     ls.set_defaults(handler=cmd_list)
 
     sh = sub.add_parser("show", help="show one crash")

@@ -22,6 +22,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
 from crashbroker import __version__
+from crashbroker.adapters import dbus_wire
 from crashbroker.adapters.backtrace import BacktraceLimits, GdbBacktracer
 from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH
 from crashbroker.adapters.dbus_service import ManagerInterface
@@ -134,9 +135,12 @@ async def run(config: Config) -> int:
         # dbus-fast needs disconnect() even when connect() fails half-way (bleak's note).
         stack.callback(bus.disconnect)
         await bus.connect()
+        if not dbus_wire.patient_writes(bus):
+            logger.warning("dbus-fast changed: a full bus socket may end the connection")
         interface = ManagerInterface(broker, __version__, barrier=lambda: _ping(bus))
         bus.export(OBJECT_PATH, interface)
         stack.callback(bus.unexport, OBJECT_PATH, interface)
+        stack.callback(interface.attach(bus))
         broker.publisher = interface
 
         reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)

@@ -19,6 +19,10 @@ class Publisher(Protocol):
 
     def properties_changed(self, names: Sequence[str]) -> None: ...
 
+    async def drain(self) -> None:
+        """Returns once the signal just published is written (pacing a burst)."""
+        ...
+
     async def barrier(self) -> None:
         """Returns once everything published so far has reached the bus."""
         ...
@@ -45,6 +49,9 @@ class NullPublisher:
         pass
 
     def properties_changed(self, names: Sequence[str]) -> None:
+        pass
+
+    async def drain(self) -> None:
         pass
 
     async def barrier(self) -> None:

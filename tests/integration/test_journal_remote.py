@@ -392,3 +392,43 @@ async def test_expire_forgets_old_crashes(daemon: Daemon, remote_journal: Remote
     await daemon.caught_up()
     listed = await daemon.call("ListCrashes", "a{sv}", variant_filter(include_dismissed=True))
     assert [c["id"] for c in listed] == [new_id]
+
+
+async def test_list_records_and_full_records(daemon: Daemon, remote_journal: RemoteJournal):
+    """ListCrashes gives the list keys (served from records marshalled once), ``full`` and
+    GetCrash every key; a crash found while catching up is announced with its list record."""
+    from crashbroker.adapters.dbus_record import LIST_KEYS, RECORD_KEYS
+
+    before = remote_journal.coredump()
+    remote_journal.append(before)
+    await start(daemon, remote_journal)
+    past = await daemon.client.wait_for(
+        lambda: [c for c in daemon.client.detected() if c["pid"] == int(before["COREDUMP_PID"])]
+    )
+    assert set(past[0]) == set(LIST_KEYS)
+    assert past[0]["past"] is True
+    live = remote_journal.coredump("kronometer-sigsegv.export")
+    remote_journal.append(live)
+    detected = await daemon.client.crash(int(live["COREDUMP_PID"]))
+    assert set(detected) == set(RECORD_KEYS)  # a live crash: the whole record
+    for _ in range(2):  # the second answer comes from the cached bytes
+        listed = await daemon.call("ListCrashes", "a{sv}", {})
+        full = await daemon.call("ListCrashes", "a{sv}", variant_filter(full=True))
+        assert (
+            [c["id"] for c in listed]
+            == [c["id"] for c in full]
+            == [
+                detected["id"],
+                past[0]["id"],
+            ]
+        )
+        for short, whole in zip(listed, full, strict=True):
+            assert list(short) == list(LIST_KEYS)
+            assert short == {k: whole[k] for k in LIST_KEYS}
+            assert whole == await daemon.call("GetCrash", "s", whole["id"])
+    # A change (claim) replaces the cached bytes of that crash.
+    assert await daemon.call("Claim", "ss", detected["id"], "test") is True
+    listed = await daemon.call("ListCrashes", "a{sv}", variant_filter(limit=1))
+    assert (listed[0]["state"], listed[0]["claimed_by"]) == ("claimed", "test")
+    empty = await daemon.call("ListCrashes", "a{sv}", variant_filter(exe="/nothing"))
+    assert empty == []

@@ -58,6 +58,29 @@ def field_text(value: Any) -> str:
     return str(value)
 
 
+def _next_fields(reader: Any) -> dict[str, str] | None:
+    """The next entry's fields as text, or None at the end.
+
+    ``Reader.get_next()`` runs a Python converter for every field of every entry, which was a
+    third of a catch-up's time; the C methods beneath it (systemd-python's ``_Reader``, stable
+    since v220) hand out bytes, decoded here once. A core stored in the journal (``COREDUMP``) is
+    binary and never shown: only its presence is kept.
+    """
+    if not reader._next(1):
+        return None
+    raw = reader._get_all()
+    core = raw.pop("COREDUMP", None)
+    fields = {
+        k: v.decode("utf-8", errors="replace") if type(v) is bytes else field_text(v)
+        for k, v in raw.items()
+    }
+    if core is not None:
+        fields["COREDUMP"] = ""
+    fields["__REALTIME_TIMESTAMP"] = str(reader._get_realtime())
+    fields["__CURSOR"] = reader._get_cursor()
+    return fields
+
+
 class JournalSource:
     """Follows coredump entries in the local journal or in a directory of journal files.
 
@@ -101,8 +124,8 @@ class JournalSource:
         except OSError as exc:
             where = self._directory or "the local journal"
             raise JournalError(f"cannot open {where}: {exc}") from exc
-        # No typed conversion (UUIDs, datetimes): values are text, or bytes when not UTF-8,
-        # and field_text makes everything text. The three synthetic fields come as Python values.
+        # Entries are read by _next_fields; get_previous() (positioning only) keeps these: no
+        # typed conversion (UUIDs, datetimes), and field_text makes everything text.
         reader.converters = {
             "__REALTIME_TIMESTAMP": str,
             "__MONOTONIC_TIMESTAMP": str,
@@ -146,44 +169,60 @@ class JournalSource:
         reader = self._reader
         entries: list[dict[str, str]] = []
         while len(entries) < self._batch:
-            raw = reader.get_next()
-            if not raw:
+            raw = _next_fields(reader)
+            if raw is None:
                 return JournalBatch(entries, at_end=True, position=self._position)
             if self._skip_cursor is not None:
                 skip, self._skip_cursor = self._skip_cursor, None
                 if reader.test_cursor(skip):
                     continue
-            fields = {k: field_text(v) for k, v in raw.items()}
-            self._position = fields.get("__CURSOR", self._position)
-            entries.append(fields)
+            self._position = raw["__CURSOR"]
+            entries.append(raw)
         return JournalBatch(entries, at_end=False, position=self._position)
 
     async def batches(self) -> AsyncIterator[JournalBatch]:
         """Yield batches forever: the backlog first, then live entries as journald appends them."""
         if self._reader is None:
             self.open()
-        reader = self._reader
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
 
         def on_readable() -> None:
             try:
-                if reader.process() == journal.INVALIDATE:
+                if self._reader.process() == journal.INVALIDATE:
                     # Files were added or removed (rotation, vacuum); sd-journal re-reads them.
                     self.invalidations += 1
             finally:
                 wake.set()
 
-        fd = reader.fileno()
+        fd = self._reader.fileno()
         loop.add_reader(fd, on_readable)
         # Some file systems cannot notify; then sd-journal asks to be polled.
-        timeout_us = None if reader.reliable_fd() else reader.get_timeout()
+        timeout_us = None if self._reader.reliable_fd() else self._reader.get_timeout()
+        reopened = False
         try:
             while True:
                 wake.clear()
                 batch = self._read_batch()
                 yield batch
                 if not batch.at_end:
+                    continue
+                if (
+                    not reopened
+                    and self._position
+                    and not self._position.startswith(REALTIME_PREFIX)
+                ):
+                    # The catch-up mapped windows of every journal file it read (hundreds of MB
+                    # of page cache counted in our RSS for a long journal). A reader reopened at
+                    # the position maps only what following needs. Entries appended meanwhile
+                    # are read right after, from the cursor.
+                    reopened = True
+                    loop.remove_reader(fd)
+                    self.close()
+                    self._cursor = self._position
+                    self.open()
+                    fd = self._reader.fileno()
+                    loop.add_reader(fd, on_readable)
                     continue
                 if timeout_us is None:
                     await wake.wait()
@@ -192,6 +231,6 @@ class JournalSource:
                         async with asyncio.timeout(max(timeout_us, 100_000) / 1_000_000):
                             await wake.wait()
                     except TimeoutError:
-                        reader.process()
+                        self._reader.process()
         finally:
             loop.remove_reader(fd)

@@ -97,6 +97,11 @@ class MetadataDir:
             if not safe_name(name):
                 continue
             path = directory / name
+            # Most crashes have no metadata (any non-KDE program; a past crash whose INI is
+            # gone): one lstat on the loop — a name lookup in the user's cache directory —
+            # answers that, instead of a round trip through the file thread pool per name.
+            if not os.path.lexists(path):  # noqa: ASYNC240 (deliberate, see above)
+                continue
             try:
                 data = await read_capped(path)
                 meta = (

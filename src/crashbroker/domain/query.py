@@ -17,6 +17,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "state": str,
     "limit": int,
     "include_dismissed": bool,
+    "full": bool,
 }
 
 
@@ -28,6 +29,7 @@ class CrashFilter:
     state: CrashState | None = None
     limit: int | None = None
     include_dismissed: bool = False
+    full: bool = False  # every key of each record, not only the list's
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> CrashFilter:
@@ -66,6 +68,7 @@ class CrashFilter:
             limit=limit if isinstance(limit, int) else None,
             include_dismissed=raw.get("include_dismissed") is True
             or parsed_state is CrashState.DISMISSED,
+            full=raw.get("full") is True,
         )
 
     def matches(self, crash: Crash) -> bool:
