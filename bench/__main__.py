@@ -1,0 +1,535 @@
+"""crashbroker benchmarks: ``scripts/bench [--quick] [--only latency,storm,…]``.
+
+Builds its own data, runs its own bus and daemons, measures each figure next to a peer tool run
+in the same process, prints a table and writes it to ``bench/results/latest.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.harness import (
+    ROOT,
+    Bus,
+    Client,
+    Daemon,
+    Entries,
+    Remote,
+    Work,
+    percentile,
+    run_timed,
+)
+
+COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
+DATA = ROOT / "bench" / ".data"
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass
+class Row:
+    figure: str
+    crashbroker: str
+    peer: str
+    ratio: str
+    goal: str
+    met: str
+
+
+ROWS: list[Row] = []
+
+
+def row(
+    figure: str, ours: str, peer: str = "", ratio: str = "", goal: str = "", met: bool | None = None
+) -> None:
+    r = Row(figure, ours, peer, ratio, goal, "" if met is None else ("yes" if met else "NO"))
+    ROWS.append(r)
+    print(
+        f"  {figure}: {ours}"
+        + (f"  | peer {peer}" if peer else "")
+        + (f"  | {ratio}" if ratio else ""),
+        flush=True,
+    )
+
+
+class Reader:
+    """A plain systemd-python reader following the same journal: 'the entry is visible'."""
+
+    def __init__(self, directory: Path | None) -> None:
+        from systemd import journal
+
+        self.visible: dict[int, float] = {}
+        self.reader = journal.Reader(path=str(directory)) if directory else journal.Reader()
+        # seek_tail + get_previous before add_match (rig.md's pitfall).
+        self.reader.seek_tail()
+        self.reader.get_previous()
+        self.reader.add_match(MESSAGE_ID=COREDUMP_MESSAGE_ID)
+        self.changed = asyncio.Event()
+        asyncio.get_running_loop().add_reader(self.reader.fileno(), self._on)
+
+    def _on(self) -> None:
+        now = time.monotonic()
+        self.reader.process()
+        for entry in self.reader:
+            pid = entry.get("COREDUMP_PID")
+            if pid is not None:
+                self.visible.setdefault(int(pid), now)
+        self.changed.set()
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.reader.fileno())
+        self.reader.close()
+
+
+async def crash_sleep(exe: str = "sleep") -> int:
+    proc = await asyncio.create_subprocess_exec(exe, "60")
+    target = shutil.which(exe) or exe
+    for _ in range(1000):
+        try:
+            if os.readlink(f"/proc/{proc.pid}/exe") == os.path.realpath(target):
+                break
+        except OSError:
+            pass
+        await asyncio.sleep(0.002)
+    proc.send_signal(signal.SIGSEGV)
+    await proc.wait()
+    return proc.pid
+
+
+async def setup(work: Work, *daemon_args: str) -> tuple[Bus, Daemon, Client]:
+    bus = Bus(work.dir)
+    daemon = Daemon(work.dir, bus, *daemon_args)
+    client = await Client.connect(bus.address)
+    daemon.start()
+    await client.wait_owner()
+    await client.wait_caught_up()
+    return bus, daemon, client
+
+
+async def latency(args: argparse.Namespace) -> None:
+    n = 50 if args.quick else 250
+    work = Work()
+    rj = Remote(work.dir / "journal")
+    entries = Entries()
+    rj.append([entries.noise(0)])
+    bus, daemon, client = await setup(
+        work, f"--journal-dir={rj.directory}", "--grace-ms=0", "--loop-window=0"
+    )
+    reader = Reader(rj.directory)
+    samples: list[float] = []
+    try:
+        for _ in range(n):
+            e = entries.coredump()
+            pid = int(e["COREDUMP_PID"])
+            rj.append([e])
+            async with asyncio.timeout(10):
+                while pid not in client.detected or pid not in reader.visible:  # noqa: ASYNC110
+                    await asyncio.sleep(0.0005)
+            samples.append((client.detected[pid] - reader.visible[pid]) * 1000)
+    finally:
+        reader.close()
+        daemon.stop()
+        rj.close()
+        bus.close()
+        work.close()
+    p50, p99 = percentile(samples, 50), percentile(samples, 99)
+    row(f"latency journal-remote entries, added by crashbroker (n={n}) p50", f"{p50:.2f} ms")
+    row(
+        f"latency journal-remote entries, added by crashbroker (n={n}) p99",
+        f"{p99:.2f} ms",
+        "a plain journal reader: 0 (reference)",
+        "",
+        "p99 ≤ 20 ms",
+        p99 <= 20,
+    )
+
+    n_real = 20 if args.quick else 60
+    work = Work()
+    bus, daemon, client = await setup(work, "--catch-up=none", "--grace-ms=0", "--loop-window=0")
+    reader = Reader(None)
+    real: list[float] = []
+    try:
+        for _ in range(n_real):
+            pid = await crash_sleep()
+            async with asyncio.timeout(30):
+                while pid not in client.detected or pid not in reader.visible:  # noqa: ASYNC110
+                    await asyncio.sleep(0.0005)
+            real.append((client.detected[pid] - reader.visible[pid]) * 1000)
+    finally:
+        reader.close()
+        daemon.stop()
+        bus.close()
+        work.close()
+    p50, p99 = percentile(real, 50), percentile(real, 99)
+    row(f"latency real kernel crashes, added by crashbroker (n={n_real}) p50", f"{p50:.2f} ms")
+    row(
+        f"latency real kernel crashes, added by crashbroker (n={n_real}) p99",
+        f"{p99:.2f} ms",
+        "a plain journal reader: 0 (reference)",
+        "",
+        "p99 ≤ 20 ms",
+        p99 <= 20,
+    )
+
+
+async def storm(args: argparse.Namespace) -> None:
+    n = 1000
+    work = Work()
+    rj = Remote(work.dir / "journal")
+    entries = Entries()
+    rj.append([entries.noise(0)])
+    bus, daemon, client = await setup(
+        work, f"--journal-dir={rj.directory}", "--grace-ms=0", "--loop-window=0"
+    )
+    before = daemon.status()
+    batch = [entries.coredump() for _ in range(n)]
+    t0 = time.monotonic()
+    rj.append(batch)
+    with contextlib.suppress(TimeoutError):
+        await client.wait_count(n, timeout=120)
+    elapsed = max(client.detected.values()) - t0
+    after = daemon.status()
+    lost = n - len(set(client.detected))
+    twice = len(client.ids) - len(set(client.ids))
+    daemon.stop()
+    rj.close()
+    bus.close()
+    work.close()
+    row("storm 1000 entries: time to the last CrashDetected", f"{elapsed * 1000:.0f} ms")
+    row(
+        "storm 1000 entries: lost / announced twice",
+        f"{lost} / {twice}",
+        "",
+        "",
+        "0",
+        lost == 0 and twice == 0,
+    )
+    row(
+        "storm 1000 entries: throughput",
+        f"{n / elapsed:.0f} crashes/s",
+        "",
+        "",
+        "≥ 200/s",
+        n / elapsed >= 200,
+    )
+    growth = (after["VmHWM"] - before["VmRSS"]) / 1024
+    row(
+        "storm 1000 entries: peak RSS growth", f"{growth:.1f} MiB", "", "", "≤ 20 MiB", growth <= 20
+    )
+
+    n_real = 30 if args.quick else 100
+    work = Work()
+    bus, daemon, client = await setup(work, "--catch-up=none", "--grace-ms=0", "--loop-window=0")
+    pids = []
+    t0 = time.monotonic()
+    for _ in range(n_real):
+        pids.append(await crash_sleep())
+    try:
+        async with asyncio.timeout(60):
+            while not set(pids) <= set(client.detected):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        pass
+    elapsed = time.monotonic() - t0
+    got = len(set(pids) & set(client.detected))
+    twice = len(client.ids) - len(set(client.ids))
+    daemon.stop()
+    bus.close()
+    work.close()
+    row(
+        f"{n_real} real kernel crashes in a loop: published / twice",
+        f"{got}/{n_real} / {twice}",
+        "",
+        "",
+        "all, none twice",
+        got == n_real and twice == 0,
+    )
+    row(
+        f"{n_real} real kernel crashes: wall time (kernel + systemd-coredump bound)",
+        f"{elapsed:.1f} s",
+    )
+
+
+def catchup_data(total: int, crashes: int) -> Path:
+    """A journal directory of ``total`` entries, ``crashes`` of them coredumps (cached)."""
+    directory = DATA / f"catchup-{total}-{crashes}"
+    done = directory / ".complete"
+    if done.exists():
+        return directory
+    shutil.rmtree(directory, ignore_errors=True)
+    print(
+        f"  generating {total} entries ({crashes} coredumps) through systemd-journal-remote…",
+        flush=True,
+    )
+    rj = Remote(directory, "system")
+    entries = Entries(pid=3_000_000, ts=time.time_ns() // 1000 - 30 * 86_400_000_000)
+    every = total // crashes
+    chunk: list[Any] = []
+    for i in range(total):
+        chunk.append(entries.coredump() if i % every == 0 else entries.noise(i))
+        if len(chunk) == 10_000:
+            rj.append(chunk)
+            chunk = []
+    rj.append(chunk)
+    rj.close()
+    done.touch()
+    return directory
+
+
+async def catchup_and_queries(args: argparse.Namespace) -> None:
+    total, crashes = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
+    directory = catchup_data(total, crashes)
+    peer_s, listing = run_timed(
+        ["coredumpctl", f"--directory={directory}", "list", "--json=short", "--no-pager"]
+    )
+    peer_count = len(json.loads(listing)) if listing.strip() else 0
+    work = Work()
+    bus = Bus(work.dir)
+    daemon = Daemon(work.dir, bus, f"--journal-dir={directory}", "--grace-ms=0", "--loop-window=0")
+    client = await Client.connect(bus.address)
+    t0 = daemon.start()
+    await client.wait_owner()
+    await client.wait_caught_up()
+    ours_s = time.monotonic() - t0
+    indexed = len(await client.call("ListCrashes", "a{sv}", {}))
+    row(
+        f"catch-up {total:,} entries / {crashes:,} coredumps: start → CaughtUp",
+        f"{ours_s:.2f} s ({indexed} crashes)",
+        f"coredumpctl list --json=short: {peer_s:.2f} s ({peer_count})",
+        f"{ours_s / peer_s:.2f}×",
+        "≤ 1.0×",
+        ours_s <= peer_s,
+    )
+
+    # Queries on the 10,000-crash index.
+    env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=bus.address)
+    busctl = min(
+        run_timed(
+            [
+                "busctl",
+                "--user",
+                "call",
+                "org.kde.crashbroker1",
+                "/org/kde/crashbroker1",
+                "org.kde.crashbroker1.Manager",
+                "ListCrashes",
+                "a{sv}",
+                "0",
+            ],
+            env,
+        )[0]
+        for _ in range(3)
+    )
+    cli_exe = str(Path(sys.executable).parent / "crashbroker")
+    cli = min(run_timed([cli_exe, "list", "--json"], env)[0] for _ in range(3))
+    peer = min(
+        peer_s,
+        *(
+            run_timed(
+                ["coredumpctl", f"--directory={directory}", "list", "--json=short", "--no-pager"]
+            )[0]
+            for _ in range(2)
+        ),
+    )
+    row(
+        f"ListCrashes of {indexed} via busctl --user call",
+        f"{busctl * 1000:.0f} ms",
+        f"coredumpctl list --json=short: {peer * 1000:.0f} ms",
+        f"{peer / busctl:.1f}× faster",
+        "≥ 10×",
+        peer / busctl >= 10,
+    )
+    row(
+        f"ListCrashes of {indexed} via crashbroker list --json",
+        f"{cli * 1000:.0f} ms",
+        f"coredumpctl list --json=short: {peer * 1000:.0f} ms",
+        f"{peer / cli:.1f}× faster",
+        "≥ 10×",
+        peer / cli >= 10,
+    )
+    ids = [c["id"] for c in await client.call("ListCrashes", "a{sv}", {})]
+    rng = random.Random(1)
+    times = []
+    for _ in range(1000):
+        t = time.monotonic()
+        await client.call("GetCrash", "s", rng.choice(ids))
+        times.append((time.monotonic() - t) * 1000)
+    row(
+        "GetCrash round trip p50 / p99 (dbus-fast client)",
+        f"{percentile(times, 50):.2f} / {percentile(times, 99):.2f} ms",
+    )
+
+    # Idle after catch-up: no periodic timers, so nothing should wake it.
+    idle_s = 5 if args.quick else 60
+    a = daemon.status()
+    await asyncio.sleep(idle_s)
+    b = daemon.status()
+    cpu = (b["cpu_ticks"] - a["cpu_ticks"]) / os.sysconf("SC_CLK_TCK")
+    row(
+        f"idle {idle_s} s after catch-up: CPU / wake-ups",
+        f"{cpu:.2f} s / {b['switches'] - a['switches']}",
+        "",
+        "",
+        "no periodic timers",
+    )
+    rss = b["VmRSS"] / 1024
+    row(f"idle RSS with {indexed} crashes indexed", f"{rss:.1f} MiB", "", "", "≤ 40 MiB", rss <= 40)
+
+    # Restart after 10 new crashes.
+    daemon.stop()
+    extra = Remote(directory, "extra")
+    entries = Entries(pid=5_000_000)
+    extra.append([entries.coredump() for _ in range(10)])
+    extra.close()
+    try:
+        t0 = daemon.start()
+        await client.wait_owner()
+        await client.wait_caught_up()
+        restart = time.monotonic() - t0
+    finally:
+        (directory / "extra.journal").unlink(missing_ok=True)
+    row(
+        "restart after 10 new crashes: start → CaughtUp (process start included)",
+        f"{restart:.2f} s",
+        "",
+        "",
+        "≤ 0.1 s",
+        restart <= 0.1,
+    )
+    daemon.stop()
+    bus.close()
+    work.close()
+
+
+async def backtrace(args: argparse.Namespace) -> None:
+    work = Work()
+    bus, daemon, client = await setup(work, "--catch-up=none", "--grace-ms=0", "--loop-window=0")
+    a = await crash_sleep()
+    b = await crash_sleep()
+    await client.wait_count(2, timeout=30)
+    crashes = {c["pid"]: c for c in await client.call("ListCrashes", "a{sv}", {})}
+    # By hand, as a user would: extract the core, run gdb on it.
+    core = work.dir / "core"
+    t0 = time.monotonic()
+    subprocess.run(
+        ["coredumpctl", "--no-pager", "-q", f"--output={core}", "dump", f"COREDUMP_PID={a}"],
+        capture_output=True,
+        check=False,
+    )
+    subprocess.run(
+        [
+            "gdb",
+            "--batch",
+            "-nx",
+            "-iex",
+            "set debuginfod enabled off",
+            "-ex",
+            "thread apply all bt",
+            "/usr/bin/sleep",
+            str(core),
+        ],
+        capture_output=True,
+        check=False,
+    )
+    by_hand = time.monotonic() - t0
+    t0 = time.monotonic()
+    await client.call("GetBacktrace", "s", crashes[b]["id"])
+    first = time.monotonic() - t0
+    cached = []
+    for _ in range(100):
+        t = time.monotonic()
+        await client.call("GetBacktrace", "s", crashes[b]["id"])
+        cached.append((time.monotonic() - t) * 1000)
+    daemon.stop()
+    bus.close()
+    work.close()
+    row(
+        "first GetBacktrace (coredumpctl dump + gdb)",
+        f"{first:.2f} s",
+        f"by hand, same two commands: {by_hand:.2f} s",
+        f"{first / by_hand:.2f}×",
+        "≤ 1.1×",
+        first <= 1.1 * by_hand,
+    )
+    p50 = percentile(cached, 50)
+    row("cached GetBacktrace p50", f"{p50:.2f} ms", "", "", "≤ 5 ms", p50 <= 5)
+
+
+FIGURES: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = {
+    "latency": latency,
+    "storm": storm,
+    "catchup": catchup_and_queries,
+    "backtrace": backtrace,
+}
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    osr = dict(
+        line.split("=", 1)
+        for line in Path("/etc/os-release").read_text().splitlines()
+        if "=" in line
+    )
+    return (
+        f"{os.cpu_count()} × {cpu}, {mem} MiB RAM, {osr.get('PRETTY_NAME', '?').strip(chr(34))}, "
+        f"kernel {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def write_results(quick: bool) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    head = (
+        "| figure | crashbroker | peer or limit | ratio | goal | met |\n|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {r.figure} | {r.crashbroker} | {r.peer} | {r.ratio} | {r.goal} | {r.met} |"
+        for r in ROWS
+    ]
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = (
+        f"Run {stamp}{' (--quick)' if quick else ''} on {machine()}\n\n"
+        + head
+        + "\n".join(lines)
+        + "\n"
+    )
+    (RESULTS / "latest.md").write_text(text)
+    (RESULTS / "latest.json").write_text(json.dumps([asdict(r) for r in ROWS], indent=1))
+    print()
+    print(text)
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(prog="scripts/bench")
+    p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    p.add_argument("--only", default=",".join(FIGURES), help=f"comma list of {', '.join(FIGURES)}")
+    args = p.parse_args()
+    for name in args.only.split(","):
+        print(f"== {name}", flush=True)
+        await FIGURES[name](args)
+    write_results(args.quick)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
