@@ -173,13 +173,13 @@ class Daemon:
             self.proc.wait()
 
     def status(self) -> dict[str, int]:
-        """VmRSS/VmHWM (KiB) and CPU ticks, context switches of all threads."""
+        """VmRSS/VmHWM/RssAnon/RssFile (KiB) and CPU ticks, context switches of all threads."""
         assert self.proc is not None
         pid = self.proc.pid
         out: dict[str, int] = {}
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                 out[key] = int(value.split()[0])
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         out["cpu_ticks"] = int(stat[11]) + int(stat[12])
