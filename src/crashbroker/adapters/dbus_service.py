@@ -130,7 +130,7 @@ class ManagerInterface(ServiceInterface):
                 self._list_chunk(c) for c in self._manager.list_crashes(flt)
             )
         if dbus_wire.wants_reply(msg):
-            self._bus.send(dbus_wire.method_return(msg, "aa{sv}", body, [[]]))
+            self._bus.send(dbus_wire.method_return(msg, "aa{sv}", body))
         return True
 
     def _list_chunk(self, crash: Crash) -> bytes:
@@ -230,9 +230,7 @@ class ManagerInterface(ServiceInterface):
             self._chunks[crash.id] = (crash, chunk)
         body = dbus_wire.event_body(crash.id, chunk)
         self._last_send = self._bus.send(
-            dbus_wire.signal(
-                OBJECT_PATH, MANAGER_INTERFACE, "CrashDetected", "sa{sv}", body, ["", {}]
-            )
+            dbus_wire.signal(OBJECT_PATH, MANAGER_INTERFACE, "CrashDetected", "sa{sv}", body)
         )
 
     async def drain(self) -> None:

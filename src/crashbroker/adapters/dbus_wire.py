@@ -67,6 +67,16 @@ def event_body(crash_id: str, chunk: bytes) -> bytes:
     return bytes(out)
 
 
+# The smallest valid body of each signature sent raw, and its length: dbus-fast marshals the
+# header with it (see RawMessage). Computed once, not once per signal of a catch-up.
+_EMPTY_BODIES: dict[str, list[Any]] = {"aa{sv}": [[]], "sa{sv}": ["", {}]}
+_EMPTY_LENS = (
+    {sig: len(Marshaller(sig, body).marshall()) for sig, body in _EMPTY_BODIES.items()}
+    if AVAILABLE
+    else {}
+)
+
+
 class RawMessage(Message):
     """A message whose body is already marshalled (``raw_body``) for ``signature``."""
 
@@ -74,12 +84,12 @@ class RawMessage(Message):
     empty_len: int
 
     @classmethod
-    def make(cls, signature: str, raw_body: bytes, empty: list[Any], **kwargs: Any) -> RawMessage:
-        """``empty`` is the smallest valid body for ``signature``: dbus-fast marshals the
-        header with it, and its bytes are replaced by ``raw_body``."""
-        msg = cls(signature=signature, body=empty, **kwargs)
+    def make(cls, signature: str, raw_body: bytes, **kwargs: Any) -> RawMessage:
+        """dbus-fast marshals the header with the smallest valid body of ``signature`` (one of
+        ``aa{sv}``, ``sa{sv}``), whose bytes are then replaced by ``raw_body``."""
+        msg = cls(signature=signature, body=_EMPTY_BODIES[signature], **kwargs)
         msg.raw_body = raw_body
-        msg.empty_len = len(Marshaller(signature, empty).marshall())
+        msg.empty_len = _EMPTY_LENS[signature]
         return msg
 
     def _marshall(self, negotiate_unix_fd: bool) -> bytearray:
@@ -90,23 +100,20 @@ class RawMessage(Message):
         return out
 
 
-def method_return(call: Message, signature: str, raw_body: bytes, empty: list[Any]) -> Message:
+def method_return(call: Message, signature: str, raw_body: bytes) -> Message:
     return RawMessage.make(
         signature,
         raw_body,
-        empty,
         message_type=MessageType.METHOD_RETURN,
         reply_serial=call.serial,
         destination=call.sender,
     )
 
 
-def signal(path: str, interface: str, member: str, signature: str, raw_body: bytes,
-           empty: list[Any]) -> Message:  # fmt: skip
+def signal(path: str, interface: str, member: str, signature: str, raw_body: bytes) -> Message:
     return RawMessage.make(
         signature,
         raw_body,
-        empty,
         message_type=MessageType.SIGNAL,
         path=path,
         interface=interface,
