@@ -297,7 +297,7 @@ async def catchup_and_queries(args: argparse.Namespace) -> None:
     await client.wait_owner()
     await client.wait_caught_up()
     ours_s = time.monotonic() - t0
-    indexed = len(await client.call("ListCrashes", "a{sv}", {}))
+    indexed = len(await client.call("ListCrashes", "a{sv}", [{}]))
     row(
         f"catch-up {total:,} entries / {crashes:,} coredumps: start → CaughtUp",
         f"{ours_s:.2f} s ({indexed} crashes)",
@@ -353,12 +353,12 @@ async def catchup_and_queries(args: argparse.Namespace) -> None:
         "≥ 10×",
         peer / cli >= 10,
     )
-    ids = [c["id"] for c in await client.call("ListCrashes", "a{sv}", {})]
+    ids = [c["id"] for c in await client.call("ListCrashes", "a{sv}", [{}])]
     rng = random.Random(1)
     times = []
     for _ in range(1000):
         t = time.monotonic()
-        await client.call("GetCrash", "s", rng.choice(ids))
+        await client.call("GetCrash", "s", [rng.choice(ids)])
         times.append((time.monotonic() - t) * 1000)
     row(
         "GetCrash round trip p50 / p99 (dbus-fast client)",
@@ -420,7 +420,7 @@ async def backtrace(args: argparse.Namespace) -> None:
     a = await crash_sleep()
     b = await crash_sleep()
     await client.wait_count(2, timeout=30)
-    crashes = {c["pid"]: c for c in await client.call("ListCrashes", "a{sv}", {})}
+    crashes = {c["pid"]: c for c in await client.call("ListCrashes", "a{sv}", [{}])}
     # By hand, as a user would: extract the core, run gdb on it.
     core = work.dir / "core"
     t0 = time.monotonic()
@@ -446,12 +446,12 @@ async def backtrace(args: argparse.Namespace) -> None:
     )
     by_hand = time.monotonic() - t0
     t0 = time.monotonic()
-    await client.call("GetBacktrace", "s", crashes[b]["id"])
+    await client.call("GetBacktrace", "s", [crashes[b]["id"]])
     first = time.monotonic() - t0
     cached = []
     for _ in range(100):
         t = time.monotonic()
-        await client.call("GetBacktrace", "s", crashes[b]["id"])
+        await client.call("GetBacktrace", "s", [crashes[b]["id"]])
         cached.append((time.monotonic() - t) * 1000)
     daemon.stop()
     bus.close()

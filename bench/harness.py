@@ -14,7 +14,6 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
@@ -22,8 +21,9 @@ from dbus_fast.aio import MessageBus
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import export_format  # noqa: E402  (the tests' reader/writer of the export format)
-from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH  # noqa: E402
+from crashbroker.adapters.dbus_names import MANAGER_INTERFACE, OBJECT_PATH  # noqa: E402
 from crashbroker.adapters.dbus_record import unwrap  # noqa: E402
+from crashbroker.client import BrokerClient, ClientError, connect_bus  # noqa: E402
 
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -193,11 +193,11 @@ class Daemon:
         return out
 
 
-class Client:
-    """Records when each CrashDetected arrives (time.monotonic), by pid."""
+class Client(BrokerClient):
+    """The CLI's client, also recording when each CrashDetected arrives (time.monotonic), by pid."""
 
     def __init__(self, bus: MessageBus) -> None:
-        self.bus = bus
+        super().__init__(bus)
         self.detected: dict[int, float] = {}
         self.ids: list[str] = []
         self.caught_up = asyncio.Event()
@@ -206,13 +206,12 @@ class Client:
 
     @classmethod
     async def connect(cls, address: str) -> Client:
-        bus = await MessageBus(bus_address=address).connect()
-        client = cls(bus)
+        client = cls(await connect_bus(address))
         for rule in (
             f"type='signal',interface='{MANAGER_INTERFACE}'",
             f"type='signal',interface='org.freedesktop.DBus.Properties',path='{OBJECT_PATH}'",
         ):
-            await client.call_bus("AddMatch", "s", rule)
+            await client._bus_call("AddMatch", "s", rule)
         return client
 
     def _on(self, msg: Message) -> None:
@@ -228,59 +227,20 @@ class Client:
             if value is not None and value.value:
                 self.caught_up.set()
 
-    async def call_bus(self, member: str, sig: str, *body: Any) -> Any:
-        reply = await self.bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member=member,
-                signature=sig,
-                body=list(body),
-            )
-        )
-        assert reply is not None
-        return reply.body[0] if reply.body else None
-
-    async def call(self, member: str, sig: str = "", *body: Any) -> Any:
-        reply = await self.bus.call(
-            Message(
-                destination=BUS_NAME,
-                path=OBJECT_PATH,
-                interface=MANAGER_INTERFACE,
-                member=member,
-                signature=sig,
-                body=list(body),
-            )
-        )
-        assert reply is not None
-        if reply.message_type == MessageType.ERROR:
-            raise RuntimeError(f"{reply.error_name}: {reply.body}")
-        return unwrap(reply.body[0]) if reply.body else None
-
     async def wait_owner(self, timeout: float = 60) -> None:
         async with asyncio.timeout(timeout):
-            while not await self.call_bus("NameHasOwner", "s", BUS_NAME):  # noqa: ASYNC110
+            while not await self.daemon_running():  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
 
     async def wait_caught_up(self, timeout: float = 600) -> None:
         async with asyncio.timeout(timeout):
             while True:
-                with contextlib.suppress(RuntimeError):
-                    reply = await self.bus.call(
-                        Message(
-                            destination=BUS_NAME,
-                            path=OBJECT_PATH,
-                            interface="org.freedesktop.DBus.Properties",
-                            member="Get",
-                            signature="ss",
-                            body=[MANAGER_INTERFACE, "CaughtUp"],
-                        )
-                    )
-                    if (
-                        reply
-                        and reply.message_type == MessageType.METHOD_RETURN
-                        and reply.body[0].value
+                with contextlib.suppress(ClientError):
+                    if await self.call(
+                        "Get",
+                        "ss",
+                        [MANAGER_INTERFACE, "CaughtUp"],
+                        interface="org.freedesktop.DBus.Properties",
                     ):
                         return
                 self.caught_up.clear()
