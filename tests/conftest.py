@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import export_format
 from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 from crashbroker.adapters.dbus_record import unwrap
+from crashbroker.domain.crash import signature
+from crashbroker.domain.model import CoredumpEntry, Crash, CrashKey, CrashState, KCrashLib
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -343,6 +345,17 @@ class Daemon:
 
     async def stats(self) -> dict[str, int]:
         return await self.call("GetStats")  # type: ignore[no-any-return]
+
+    async def get_property(self, name: str) -> Any:
+        reply = await bus_call(
+            self.client.bus,
+            "Get",
+            "ss",
+            [MANAGER_INTERFACE, name],
+            interface="org.freedesktop.DBus.Properties",
+        )
+        assert reply.message_type == MessageType.METHOD_RETURN, reply.body
+        return reply.body[0].value
 
 
 @pytest.fixture
@@ -658,3 +671,47 @@ async def launcher(daemon: Daemon, tmp_path: Path) -> AsyncIterator[LauncherProc
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
+
+
+FACTORY_BOOT = "e04ff1c3b3f8438a9752aa220502ee22"
+
+
+def make_crash(  # a crash as the broker would have built it, for store and wire tests
+    pid: int, ts: int, realtime: int, exe: str, state: CrashState, head: str = ""
+) -> Crash:
+    entry = CoredumpEntry(
+        cursor=f"s=x;i={pid:x}",
+        realtime=realtime,
+        boot_id=FACTORY_BOOT,
+        machine_id="3d1219c7c4c5404aaa1f6d2a48adfda4",
+        hostname="vm",
+        pid=pid,
+        uid=1000,
+        gid=1000,
+        signal=11,
+        signal_name="SIGSEGV",
+        timestamp=ts,
+        exe=exe,
+        comm="kate",
+        cmdline="kate",
+        unit="",
+        user_unit="",
+        core_filename="",
+        core_in_journal=False,
+        truncated=False,
+        kcrash_lib=KCrashLib.NONE,
+    )
+    return Crash(
+        id=CrashKey(FACTORY_BOOT, pid, ts).crash_id,
+        entry=entry,
+        kcrash={"programname": "Kate"},
+        kcrash_complete=False,
+        kcrash_source="",
+        kcrash_filled=(),
+        metadata_path="",
+        past=False,
+        detected=ts,
+        state=state,
+        signature=signature(entry),
+        loop_head=head,
+    )

@@ -1,8 +1,10 @@
 """The broker: journal batches in, correlated crashes out to the store and the publisher.
 
-This is the only place that turns the correlator's effects into port calls. It owns the
-in-memory index (the store's rows, loaded at start) that D-Bus queries read, so no query touches
-the disk.
+This is the only place that turns the correlator's effects into port calls. The store is the
+crash index: queries read its rows (indexed SQLite, so a list of thousands is a few ms), and the
+broker keeps in memory only what correlation needs — the known ids, counts per grouping key, the
+open bursts — plus the crashes whose newest version the store does not have yet. So a restart reads
+no crash record, and memory does not grow with the history.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from crashbroker.domain.errors import (
     RequestError,
     StoreError,
 )
-from crashbroker.domain.loops import LoopPolicy, LoopTracker
+from crashbroker.domain.loops import BurstMember, LoopPolicy, LoopTracker
 from crashbroker.domain.model import CoredumpEntry, Crash, CrashState, MetadataSource
 from crashbroker.domain.query import CrashFilter, newest_first
-from crashbroker.ports import MetadataReader, NullPublisher, Publisher
+from crashbroker.ports import Expired, Listed, MetadataReader, NullPublisher, Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,19 @@ Clock = Callable[[], int]
 
 
 class Store(Protocol):
-    def load(self) -> list[Crash]: ...
+    def get(self, crash_id: str) -> Crash | None: ...
+
+    def groups(self) -> dict[str, tuple[int, int]]: ...
+
+    def burst_members(self) -> list[BurstMember]: ...
+
+    def count_shown(self) -> int: ...
+
+    def shown_ids(self, loop_head: str | None = None) -> list[str]: ...
+
+    def crashes(self, flt: CrashFilter) -> list[Crash]: ...
+
+    def listing(self, flt: CrashFilter) -> list[Listed]: ...
 
     def cursor(self) -> str | None: ...
 
@@ -53,7 +67,7 @@ class Store(Protocol):
 
     def save_cursor(self, cursor: str) -> None: ...
 
-    def expire(self, before_us: int) -> list[str]: ...
+    def expire(self, before_us: int) -> list[Expired]: ...
 
     def backtrace(self, crash_id: str) -> str | None: ...
 
@@ -90,6 +104,7 @@ class Stats:
     backtrace_errors: int = 0
     store_rebuilt: int = 0
     states_salvaged: int = 0
+    catch_up_us: int = 0  # from the daemon's start to CaughtUp
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -120,6 +135,7 @@ class Broker:
             the journal meets those crashes again (a dismissed crash stays dismissed, quietly).
         monotonic: µs clock for deadlines.
         wall: µs wall clock for ``detected`` stamps.
+        started: ``monotonic`` when the daemon started (default: now), for ``catch_up_us``.
     """
 
     def __init__(
@@ -134,35 +150,38 @@ class Broker:
         loops: LoopPolicy | None = None,
         backtracer: Backtracer | None = None,
         restored_states: Mapping[str, CrashState] | None = None,
+        started: int | None = None,
     ) -> None:
         self._store = store
         self._metadata = metadata
         self._policy = policy
         self._correlator = correlator
         self._monotonic = monotonic
+        self._started = monotonic() if started is None else started
         self._wall = wall
         self.publisher: Publisher = NullPublisher()
         self.stats = Stats()
         self.caught_up = False
-        self._crashes: dict[str, Crash] = {c.id: c for c in store.load()}
+        stored = store.burst_members()
+        self._ids = {m.id for m in stored}  # every crash indexed (stored or in _mem)
+        # The newest version of crashes the store may lack: found in a batch not committed yet,
+        # or not stored because the store fails (then also in _unsaved). Queries merge them.
+        self._mem: dict[str, Crash] = {}
+        self._shown = store.count_shown()  # indexed and not dismissed
         # Counted and grouped by exe+signal: the refined signature is only known later, and
         # grouping must not change under a crash when its backtrace arrives.
-        self._signatures: Counter[str] = Counter(signature(c.entry) for c in self._crashes.values())
-        self._first_seen: dict[str, int] = {}
-        for c in self._crashes.values():
-            key = signature(c.entry)
-            self._first_seen[key] = min(
-                self._first_seen.get(key, c.entry.timestamp), c.entry.timestamp
-            )
+        groups = store.groups()
+        self._signatures: Counter[str] = Counter({k: n for k, (n, _) in groups.items()})
+        self._first_seen: dict[str, int] = {k: first for k, (_, first) in groups.items()}
         self._loops = LoopTracker(loops or LoopPolicy())
-        self._loops.restore((signature(c.entry), c) for c in self._crashes.values())
+        self._loops.restore(stored)
         self._backtracer = backtracer
         self._restored = dict(restored_states or {})
         self._bt_queue: asyncio.Queue[str] = asyncio.Queue()
         self._bt_waiting: dict[str, asyncio.Future[str]] = {}
-        stored = store.cursor()
-        self._tracker = CursorTracker(stored)
-        self._saved_cursor = stored
+        cursor = store.cursor()
+        self._tracker = CursorTracker(cursor)
+        self._saved_cursor = cursor
         self._timer_wake = asyncio.Event()
         # Crashes whose in-memory version the store lacks (disk full, I/O error): retried until
         # stored, and the cursor is not saved past them meanwhile.
@@ -202,7 +221,7 @@ class Broker:
                     self._tracker.seen(cursor)
                 continue
             self.stats.accepted += 1
-            if entry.key.crash_id in self._crashes:
+            if entry.key.crash_id in self._ids:
                 self.stats.already_known += 1
                 self._tracker.seen(cursor)
                 continue
@@ -216,7 +235,12 @@ class Broker:
         self._persist_cursor()
         if batch.at_end and not self.caught_up:
             self.caught_up = True
-            logger.info("caught up: %d crashes indexed", len(self._crashes))
+            self.stats.catch_up_us = self._monotonic() - self._started
+            logger.info(
+                "caught up in %.3f s: %d crashes indexed",
+                self.stats.catch_up_us / 1e6,
+                len(self._ids),
+            )
             self.publisher.properties_changed(["CaughtUp"])
         self._timer_wake.set()
 
@@ -259,7 +283,7 @@ class Broker:
     def _publish(self, effect: PublishCrash) -> None:
         entry = effect.entry
         self._tracker.settled(entry.key)
-        if entry.key.crash_id in self._crashes:
+        if entry.key.crash_id in self._ids:
             return
         key = signature(entry)
         first_seen = min(self._first_seen.get(key, entry.timestamp), entry.timestamp)
@@ -281,7 +305,7 @@ class Broker:
         place = self._loops.place(key, crash.id, entry.timestamp)
         head: Crash | None = None
         was_loop = False
-        if place.folded and place.burst.head_id not in self._crashes:
+        if place.folded and place.burst.head_id not in self._ids:
             # Defensive: a burst whose head left the index cannot take members.
             self._loops.close(place.burst.head_id)
             place = self._loops.place(key, crash.id, entry.timestamp)
@@ -292,7 +316,7 @@ class Broker:
                 first_seen=first_seen,
                 last_seen=entry.timestamp,
             )
-            head = self._crashes.get(place.burst.head_id)
+            head = self._head(place.burst.head_id)
         else:
             crash = replace(
                 crash, first_seen=first_seen, last_seen=entry.timestamp, last_id=crash.id
@@ -308,8 +332,7 @@ class Broker:
                 last_seen=place.burst.last_seen,
             )
         self._stage(crash, head)
-        self._crashes[crash.id] = crash
-        self._signatures[key] += 1
+        self._shown += not crash.dismissed
         self._first_seen[key] = first_seen
         self.stats.published += 1
         if effect.metadata is not None:
@@ -334,22 +357,47 @@ class Broker:
             if head.loop and not was_loop:
                 self.stats.loops += 1
                 logger.warning("crash loop: %s crashed %d times", key, head.burst)
-            self._crashes[head.id] = head
+            self._mem[head.id] = head
             self._outbox.append((False, head))
 
     def _publish_quietly(self, crash: Crash, key: str, first_seen: int) -> None:
         """Index a crash the user had dismissed before the store was rebuilt: no event."""
         crash = replace(crash, first_seen=first_seen, last_seen=crash.entry.timestamp)
         self._stage(crash, None)
-        self._crashes[crash.id] = crash
-        self._signatures[key] += 1
         self._first_seen[key] = first_seen
 
     def _stage(self, crash: Crash, head: Crash | None) -> None:
-        """Remember a published crash (and its burst head) for :meth:`_commit_staged`."""
+        """Index a published crash and remember it (and its burst head) for
+        :meth:`_commit_staged`."""
+        self._ids.add(crash.id)
+        self._mem[crash.id] = crash
+        self._signatures[signature(crash.entry)] += 1
         self._staged[crash.id] = None
         if head is not None:
+            self._mem[head.id] = head
             self._staged[head.id] = None
+
+    def _head(self, head_id: str) -> Crash | None:
+        """A burst's head, to fold a crash into; None (a new burst then) if it cannot be read."""
+        try:
+            return self._get(head_id)
+        except StoreError as exc:
+            logger.error("cannot read burst head %s: %s", head_id, exc)
+            return None
+
+    def _get(self, crash_id: str) -> Crash | None:
+        """The newest version of a crash: from memory, else the store."""
+        crash = self._mem.get(crash_id)
+        if crash is None and crash_id in self._ids:
+            crash = self._store.get(crash_id)
+        return crash
+
+    def _forget_stored(self, stored: list[Crash]) -> None:
+        """The store has these versions now: memory need not keep them (unless a newer one
+        arrived meanwhile)."""
+        for crash in stored:
+            if self._mem.get(crash.id) is crash and crash.id not in self._unsaved:
+                del self._mem[crash.id]
 
     async def _commit_staged(self) -> None:
         """Store what this batch found, then announce it, then note that it was announced.
@@ -379,7 +427,7 @@ class Broker:
         ids = list(self._staged)
         self._staged.clear()
         outbox, self._outbox = self._outbox, []
-        rows = [self._crashes[i] for i in ids if i in self._crashes]
+        rows = [self._mem[i] for i in ids if i in self._mem]
         # While earlier crashes wait for a retry, the cursor must not move past them.
         cursor = None if self._unsaved else self._tracker.safe()
         stored = True
@@ -387,6 +435,7 @@ class Broker:
             self._store.upsert(rows, cursor, announced=False)
             if cursor is not None:
                 self._saved_cursor = cursor
+            self._forget_stored(rows)
         except StoreError as exc:
             # Publishing live matters more than persisting. The crashes are retried; until
             # they are stored the cursor stays behind them, so a restart reads them again.
@@ -427,7 +476,11 @@ class Broker:
             return
         if not pending:
             return
-        heads = [self._crashes[i] for i in pending if i in self._crashes]
+        try:
+            heads = [c for c in map(self._get, pending) if c is not None]
+        except StoreError as exc:
+            logger.error("cannot read unannounced crashes: %s", exc)
+            return
         logger.warning("announcing %d crashes a killed run stored but never announced", len(heads))
         for crash in heads:
             if crash.loop_head:
@@ -457,7 +510,7 @@ class Broker:
             return True
         if self._retry_at is not None and self._monotonic() < self._retry_at:
             return False
-        pending = [self._crashes[i] for i in self._unsaved if i in self._crashes]
+        pending = [self._mem[i] for i in self._unsaved if i in self._mem]
         try:
             self._store.upsert(pending, None, announced=True)
         except StoreError as exc:
@@ -465,6 +518,7 @@ class Broker:
             return False
         logger.warning("crash store writable again: stored %d crashes", len(pending))
         self._unsaved.clear()
+        self._forget_stored(pending)
         self._retry_at = None
         return True
 
@@ -488,33 +542,72 @@ class Broker:
         return {
             **self.stats.as_dict(),
             "pending": self._correlator.pending,
-            "indexed": len(self._crashes),
+            "indexed": len(self._ids),
             "caught_up": int(self.caught_up),
         }
 
     @property
     def crash_count(self) -> int:
         """Crashes that are not dismissed."""
-        return sum(1 for c in self._crashes.values() if not c.dismissed)
+        return self._shown
 
     def list_crashes(self, flt: CrashFilter) -> list[Crash]:
-        return newest_first(self._crashes.values(), flt)
+        """The crashes matching ``flt``, newest first (as :func:`newest_first`).
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        if not self._mem:
+            return self._store.crashes(flt)
+        # Memory has newer versions of a few: the store's answer, widened by as many (one may
+        # no longer match), with memory's versions in place of the store's.
+        wider = replace(flt, limit=flt.limit + len(self._mem)) if flt.limit else flt
+        stored = [c for c in self._store.crashes(wider) if c.id not in self._mem]
+        return newest_first([*stored, *self._mem.values()], flt)
+
+    def listing(self, flt: CrashFilter) -> list[bytes | Crash]:
+        """:meth:`list_crashes` as the store's pre-rendered list records, except crashes whose
+        newest version only memory has (a batch being committed, a failing store): those are
+        given as crashes, for the caller to render.
+
+        Raises:
+            StoreError: the store cannot be read.
+        """
+        if not self._mem:
+            return [row.record for row in self._store.listing(flt)]
+        wider = replace(flt, limit=flt.limit + len(self._mem)) if flt.limit else flt
+        merged: list[tuple[int, int, bytes | Crash]] = [
+            (row.timestamp, row.realtime, row.record)
+            for row in self._store.listing(wider)
+            if row.id not in self._mem
+        ]
+        merged += [
+            (c.entry.timestamp, c.entry.realtime, c) for c in self._mem.values() if flt.matches(c)
+        ]
+        merged.sort(key=lambda m: (m[0], m[1]), reverse=True)
+        return [m[2] for m in merged[: flt.limit]]
 
     def get_crash(self, crash_id: str) -> Crash:
-        try:
-            return self._crashes[crash_id]
-        except KeyError:
-            raise NoSuchCrash(crash_id) from None
+        """Raises: NoSuchCrash; StoreError (the store cannot be read)."""
+        crash = self._get(crash_id)
+        if crash is None:
+            raise NoSuchCrash(crash_id)
+        return crash
 
     def _replace(self, crash: Crash, **changes: object) -> Crash:
         updated = replace(crash, **changes)  # type: ignore[arg-type]
-        self._crashes[crash.id] = updated
+        if crash.id in self._mem:
+            self._mem[crash.id] = updated
         if crash.id in self._unsaved:
             return updated  # the retry stores the newest version
         try:
             self._store.update(updated)
         except StoreError as exc:
+            self._mem[crash.id] = updated
             self._store_failed(f"could not update crash {crash.id}", exc, updated)
+            return updated
+        if crash.id not in self._staged:  # else the batch's commit stores it (and forgets it)
+            self._mem.pop(crash.id, None)
         return updated
 
     def claim(self, crash_id: str, handler: str) -> bool:
@@ -538,11 +631,12 @@ class Broker:
         members = [crash]
         if not crash.loop_head:
             self._loops.close(crash.id)
-            members += [
-                c for c in self._crashes.values() if c.loop_head == crash.id and not c.dismissed
-            ]
+            ids = {*self._store.shown_ids(loop_head=crash.id)}
+            ids.update(c.id for c in self._mem.values() if c.loop_head == crash.id)
+            members += [c for c in map(self._get, sorted(ids)) if c and not c.dismissed]
         for member in members:
             self._replace(member, state=CrashState.DISMISSED)
+            self._shown -= 1
             if member.kcrash_source in (MetadataSource.KCRASH_V1, MetadataSource.KCRASH_V2):
                 self._metadata.remove_ini(member.metadata_path)
             self.publisher.crash_removed(member.id)
@@ -558,24 +652,28 @@ class Broker:
         # An age beyond the epoch expires nothing (and must not overflow SQLite's 64 bits).
         cutoff = max(0, self._wall() - max_age_s * 1_000_000)
         removed = self._store.expire(cutoff) if cutoff else []
-        for crash_id in removed:
-            crash = self._crashes.pop(crash_id, None)
-            if crash is None:
+        for gone in removed:
+            if gone.id not in self._ids:
                 continue
-            self._signatures[signature(crash.entry)] -= 1
-            self._loops.close(crash_id)
-            if not crash.dismissed:
-                self.publisher.crash_removed(crash_id)
+            self._ids.discard(gone.id)
+            self._mem.pop(gone.id, None)
+            self._signatures[gone.key] -= 1
+            self._loops.close(gone.id)
+            if not gone.dismissed:
+                self._shown -= 1
+                self.publisher.crash_removed(gone.id)
         if removed:
             logger.info("expired %d crashes older than %d s", len(removed), max_age_s)
             self.publisher.properties_changed(["CrashCount"])
         return len(removed)
 
     def dismiss_all(self) -> int:
-        ids = [c.id for c in self._crashes.values() if not c.dismissed]
-        for crash_id in ids:
+        ids = {*self._store.shown_ids()}
+        ids.update(c.id for c in self._mem.values() if not c.dismissed)
+        before = self._shown
+        for crash_id in sorted(ids):
             self.dismiss(crash_id)
-        return len(ids)
+        return before - self._shown
 
     # ---- backtraces ---------------------------------------------------------------------------
 
@@ -635,7 +733,11 @@ class Broker:
             self.stats.store_errors += 1
             logger.error("could not cache the backtrace of %s: %s", crash.id, exc)
         # The crash may have been expired while gdb ran.
-        current = self._crashes.get(crash.id)
+        try:
+            current = self._get(crash.id)
+        except StoreError as exc:
+            logger.error("cannot read crash %s after its backtrace: %s", crash.id, exc)
+            current = None
         if current is not None:
             refined = refined_signature(current.entry, text) or current.signature
             updated = self._replace(current, backtrace_available=True, signature=refined)

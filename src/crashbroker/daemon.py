@@ -25,7 +25,7 @@ from crashbroker import __version__
 from crashbroker.adapters import dbus_wire
 from crashbroker.adapters.backtrace import BacktraceLimits, GdbBacktracer
 from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH
-from crashbroker.adapters.dbus_service import ManagerInterface
+from crashbroker.adapters.dbus_service import LISTING_TAG, ManagerInterface
 from crashbroker.adapters.journal import CatchUp, JournalSource
 from crashbroker.adapters.metadata_dir import MetadataDir
 from crashbroker.adapters.store import CrashStore
@@ -77,6 +77,7 @@ async def _bus_gone(bus: MessageBus) -> None:
 
 async def run(config: Config) -> int:
     """Run the daemon until SIGTERM/SIGINT (exit 0) or until the bus goes away (exit 1)."""
+    started = _monotonic_us()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     async with AsyncExitStack() as stack:
@@ -122,6 +123,7 @@ async def run(config: Config) -> int:
                 limits=BacktraceLimits(timeout_s=config.backtrace_timeout_s),
             ),
             restored_states=salvage.states if salvage else None,
+            started=started,
         )
         if salvage is not None:
             broker.stats.store_rebuilt = 1
@@ -141,6 +143,8 @@ async def run(config: Config) -> int:
         bus.export(OBJECT_PATH, interface)
         stack.callback(bus.unexport, OBJECT_PATH, interface)
         stack.callback(interface.attach(bus))
+        if dbus_wire.AVAILABLE:
+            store.set_renderer(interface.list_chunk, LISTING_TAG)
         broker.publisher = interface
 
         reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from crashbroker.domain.model import CoredumpEntry, Crash, KCrashMetadata
+
+
+class Listed(NamedTuple):
+    """A crash as the store lists it: ordering keys and its pre-rendered list record."""
+
+    id: str
+    timestamp: int
+    realtime: int
+    record: bytes  # as the renderer made it
+
+
+class Expired(NamedTuple):
+    """A crash the store deleted for its age."""
+
+    id: str
+    key: str  # its grouping key
+    dismissed: bool
 
 
 class Publisher(Protocol):

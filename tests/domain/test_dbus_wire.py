@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast._private.marshaller import Marshaller
 from hypothesis import given
@@ -86,3 +87,37 @@ def test_a_full_socket_is_a_partial_write_not_a_dead_bus():
     finally:
         a.close()
         b.close()
+
+
+scalars = st.one_of(
+    st.tuples(st.just("s"), text),
+    st.tuples(st.just("u"), st.integers(0, 2**32 - 1)),
+    st.tuples(st.just("t"), st.integers(0, 2**64 - 1)),
+    st.tuples(st.just("b"), st.booleans()),
+)
+
+
+@given(st.dictionaries(text, scalars, max_size=8))
+def test_scalar_record_chunk_is_dbus_fasts(record: dict[str, tuple[str, Any]]):
+    items = [(k, sig, v) for k, (sig, v) in record.items()]
+    expected = dbus_wire.record_chunk({k: Variant(sig, v) for k, sig, v in items})
+    assert dbus_wire.scalar_record_chunk(items) == expected
+
+
+def test_scalar_record_chunk_refuses_what_it_cannot_marshal():
+    with pytest.raises(ValueError, match="not a scalar"):
+        dbus_wire.scalar_record_chunk([("k", "as", ["x"])])
+    with pytest.raises(ValueError, match="is not a u"):
+        dbus_wire.scalar_record_chunk([("k", "u", 2**32)])
+
+
+def test_a_crash_list_record_is_the_same_bytes_either_way():
+    from conftest import make_crash
+    from crashbroker.adapters.dbus_record import LIST_KEYS, list_items, to_record
+    from crashbroker.domain.model import CrashState
+
+    for state in CrashState:
+        crash = make_crash(7, 1_700_000_000_000_000, 1, "/usr/bin/käte (deleted)", state)
+        assert dbus_wire.scalar_record_chunk(list_items(crash)) == dbus_wire.record_chunk(
+            to_record(crash, LIST_KEYS)
+        )

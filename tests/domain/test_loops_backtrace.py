@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from crashbroker.domain.backtrace import crashing_thread_frames, refined_signature
-from crashbroker.domain.loops import LoopPolicy, LoopTracker
+from crashbroker.domain.loops import BurstMember, LoopPolicy, LoopTracker
 from crashbroker.domain.model import Crash, CrashState, KCrashLib
 
 from .test_correlator import make_entry
@@ -126,7 +126,7 @@ def test_restore_reopens_the_latest_burst_so_a_loop_across_a_restart_stays_one_e
     old = stored("old", T0)
     head = stored("h", T0 + 600 * S, loop=True)
     members = [stored(f"m{i}", T0 + (601 + i) * S, head="h") for i in range(3)]
-    t.restore(("k", c) for c in [old, head, *members])
+    t.restore(BurstMember.of("k", c) for c in [old, head, *members])
     placed = t.place("k", "new", T0 + 610 * S)
     assert placed.folded
     assert placed.burst.head_id == "h"
@@ -136,7 +136,7 @@ def test_restore_reopens_the_latest_burst_so_a_loop_across_a_restart_stays_one_e
 
 def test_restore_leaves_a_dismissed_head_closed() -> None:
     t = tracker()
-    t.restore([("k", stored("h", T0, dismissed=True))])
+    t.restore([BurstMember.of("k", stored("h", T0, dismissed=True))])
     assert not t.place("k", "new", T0 + S).folded
 
 

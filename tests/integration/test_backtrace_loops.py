@@ -184,12 +184,14 @@ async def test_a_crash_loop_is_one_evolving_event(daemon: Daemon, remote_journal
     assert changes[-1]["last_id"] == max(members, key=lambda c: c["timestamp"])["id"]
     stats = await daemon.stats()
     assert (stats["folded"], stats["loops"]) == (5, 1)
+    assert await daemon.get_property("CrashCount") == 7
 
     # Dismissing the head dismisses the loop; the next crash is news again.
     await daemon.call("Dismiss", "s", head["id"])
     await daemon.client.wait_for(
         lambda: len([n for n, _ in daemon.client.signals if n == "CrashRemoved"]) == 6
     )
+    assert await daemon.get_property("CrashCount") == 1
     assert [c["pid"] for c in await daemon.call("ListCrashes", "a{sv}", {})] == [
         int(other["COREDUMP_PID"])
     ]
@@ -249,11 +251,8 @@ async def test_gdb_output_is_capped(daemon: Daemon):
     from crashbroker.adapters.store import CrashStore
 
     await daemon.stop()
-    [stored] = [
-        c
-        for c in CrashStore(daemon.tmp / "state" / "crashbroker" / "crashes.sqlite").load()
-        if c.id == crash["id"]
-    ]
+    stored = CrashStore(daemon.tmp / "state" / "crashbroker" / "crashes.sqlite").get(crash["id"])
+    assert stored is not None
     capped = await GdbBacktracer(limits=BacktraceLimits(max_bytes=300)).backtrace(stored.entry)
     assert capped.startswith(full[:300])
     assert capped.endswith("[crashbroker: output cut at 300 bytes]\n")

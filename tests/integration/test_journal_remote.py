@@ -382,7 +382,13 @@ async def test_expire_forgets_old_crashes(daemon: Daemon, remote_journal: Remote
     await start(daemon, remote_journal)
     old_id = (await daemon.client.crash(int(old["COREDUMP_PID"])))["id"]
     new_id = (await daemon.client.crash(int(new["COREDUMP_PID"])))["id"]
-    assert await daemon.call("Expire", "t", 86400) == 1
+    dismissed = remote_journal.coredump(COREDUMP_TIMESTAMP=str(now_us - 9 * 86400 * 1_000_000))
+    remote_journal.append(dismissed)
+    dismissed_id = (await daemon.client.crash(int(dismissed["COREDUMP_PID"])))["id"]
+    await daemon.call("Dismiss", "s", dismissed_id)
+    assert await daemon.get_property("CrashCount") == 2
+    assert await daemon.call("Expire", "t", 86400) == 2
+    assert await daemon.get_property("CrashCount") == 1
     await daemon.client.wait_for(lambda: ("CrashRemoved", [old_id]) in daemon.client.signals)
     listed = await daemon.call("ListCrashes", "a{sv}", variant_filter(include_dismissed=True))
     assert [c["id"] for c in listed] == [new_id]
@@ -392,6 +398,10 @@ async def test_expire_forgets_old_crashes(daemon: Daemon, remote_journal: Remote
     await daemon.caught_up()
     listed = await daemon.call("ListCrashes", "a{sv}", variant_filter(include_dismissed=True))
     assert [c["id"] for c in listed] == [new_id]
+    assert await daemon.get_property("CrashCount") == 1
+    stats = await daemon.stats()
+    assert stats["indexed"] == 1
+    assert 0 < stats["catch_up_us"] < 60_000_000
 
 
 async def test_list_records_and_full_records(daemon: Daemon, remote_journal: RemoteJournal):

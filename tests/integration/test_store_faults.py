@@ -64,6 +64,14 @@ async def test_full_disk_publishes_live_and_stores_when_space_returns(
     stats = await daemon.stats()
     assert stats["store_errors"] > 0
     assert "could not store" in daemon.log_text()
+    # Not stored, still listed and shown: the store's rows merged with what only memory has.
+    for flt in ({}, {"full": True}, {"limit": 5}):
+        listed = await daemon.call("ListCrashes", "a{sv}", variant_filter(**flt))
+        expected = [int(e["COREDUMP_PID"]) for e in reversed([first, *during])]
+        assert [c["pid"] for c in listed] == expected[: flt.get("limit", 21)]
+    newest = await daemon.call("GetCrash", "s", listed[0]["id"])
+    assert newest["pid"] == int(during[-1]["COREDUMP_PID"])
+    assert await daemon.get_property("CrashCount") == 21
 
     filler.unlink()  # space returns: the retry (every 5 s) stores them
     await asyncio.sleep(0)

@@ -90,6 +90,12 @@ def to_record(crash: Crash, keys: Iterable[str] | None = None) -> dict[str, Vari
     return {k: Variant(_FIELDS[k][0], _FIELDS[k][1](crash)) for k in wanted}
 
 
+def list_items(crash: Crash) -> list[tuple[str, str, Any]]:
+    """The list record as ``(key, D-Bus signature, value)``, for
+    :func:`~crashbroker.adapters.dbus_wire.scalar_record_chunk`."""
+    return [(k, _FIELDS[k][0], _FIELDS[k][1](crash)) for k in LIST_KEYS]
+
+
 def unwrap(value: Any) -> Any:
     """Variants (nested in dicts and lists) to plain Python values, e.g. for JSON output."""
     if isinstance(value, Variant):

@@ -10,6 +10,7 @@ is logged here once and answered with ``…Error.Failed`` and no traceback.
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Annotated, Any, Protocol
 
@@ -28,7 +29,7 @@ from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus
 
 from crashbroker.adapters import dbus_wire
 from crashbroker.adapters.dbus_names import MANAGER_INTERFACE, OBJECT_PATH, error_name
-from crashbroker.adapters.dbus_record import LIST_KEYS, to_record, unwrap
+from crashbroker.adapters.dbus_record import LIST_KEYS, list_items, to_record, unwrap
 from crashbroker.domain.errors import InvalidArgs, RequestError
 from crashbroker.domain.model import Crash
 from crashbroker.domain.query import CrashFilter
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 DBusRecords = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 DBusCrashEvent = Annotated[list[Any], DBusSignature("sa{sv}")]
 MAX_HANDLER_CHARS = 256
+_CHUNK_CACHE = 256
+# Names what the store's pre-rendered list records are: a change of the keys renders them again.
+LISTING_TAG = "dbus-wire-1:" + ",".join(LIST_KEYS)
 
 
 class Manager(Protocol):
@@ -49,6 +53,8 @@ class Manager(Protocol):
     def crash_count(self) -> int: ...
 
     def list_crashes(self, flt: CrashFilter) -> list[Crash]: ...
+
+    def listing(self, flt: CrashFilter) -> list[bytes | Crash]: ...
 
     def get_crash(self, crash_id: str) -> Crash: ...
 
@@ -92,8 +98,10 @@ class ManagerInterface(ServiceInterface):
         self._version = version
         self._barrier = barrier
         self._bus: MessageBus | None = None
-        # id -> (the crash as it was, its list record's wire bytes); see dbus_wire.
-        self._chunks: dict[str, tuple[Crash, bytes]] = {}
+        # The latest list records made: id -> (the crash as it was, the record's wire bytes).
+        # The store asks for one when it writes a crash, the catch-up signal of that crash
+        # reuses it; bounded, as the store keeps them all.
+        self._chunks: OrderedDict[str, tuple[Crash, bytes]] = OrderedDict()
         self._last_send: asyncio.Future[None] | None = None
 
     def attach(self, bus: MessageBus) -> Callable[[], None]:
@@ -127,18 +135,23 @@ class ManagerInterface(ServiceInterface):
             if flt.full:
                 return None
             body = dbus_wire.records_body(
-                self._list_chunk(c) for c in self._manager.list_crashes(flt)
+                c if isinstance(c, bytes) else self.list_chunk(c)
+                for c in self._manager.listing(flt)
             )
         if dbus_wire.wants_reply(msg):
             self._bus.send(dbus_wire.method_return(msg, "aa{sv}", body))
         return True
 
-    def _list_chunk(self, crash: Crash) -> bytes:
+    def list_chunk(self, crash: Crash) -> bytes:
+        """The list record of ``crash`` as wire bytes (see dbus_wire); what the store keeps as
+        each crash's listing, under the tag :data:`LISTING_TAG`."""
         cached = self._chunks.get(crash.id)
         if cached is not None and cached[0] is crash:
             return cached[1]
-        chunk = dbus_wire.record_chunk(to_record(crash, LIST_KEYS))
+        chunk = dbus_wire.scalar_record_chunk(list_items(crash))
         self._chunks[crash.id] = (crash, chunk)
+        if len(self._chunks) > _CHUNK_CACHE:
+            self._chunks.popitem(last=False)
         return chunk
 
     # ---- methods ----------------------------------------------------------------------------
@@ -221,13 +234,10 @@ class ManagerInterface(ServiceInterface):
     def crash_detected(self, crash: Crash) -> None:
         # A crash found while catching up is announced with its list record: a first start
         # can find thousands, and a subscriber wanting more asks GetCrash.
-        record = to_record(crash, LIST_KEYS if crash.past else None)
         if self._bus is None:
-            self._crash_detected(crash.id, record)
+            self._crash_detected(crash.id, to_record(crash, LIST_KEYS if crash.past else None))
             return
-        chunk = dbus_wire.record_chunk(record)
-        if crash.past:
-            self._chunks[crash.id] = (crash, chunk)
+        chunk = self.list_chunk(crash) if crash.past else dbus_wire.record_chunk(to_record(crash))
         body = dbus_wire.event_body(crash.id, chunk)
         self._last_send = self._bus.send(
             dbus_wire.signal(OBJECT_PATH, MANAGER_INTERFACE, "CrashDetected", "sa{sv}", body)

@@ -41,6 +41,51 @@ def record_chunk(record: dict[str, Variant]) -> bytes:
     return bytes(raw[8:])
 
 
+_U64 = struct.Struct("<Q")
+_VALUE_ALIGN = {"s": 4, "u": 4, "b": 4, "t": 8}
+_ENTRY_HEADS: dict[tuple[str, str], bytes] = {}
+
+
+def _entry_head(key: str, sig: str) -> bytes:
+    """A dict entry up to its value: the key, the variant's signature, the value's padding.
+    Entries start 8-aligned, so this is the same for every entry of this key and type."""
+    name = key.encode()
+    head = _U32.pack(len(name)) + name + b"\0" + bytes([len(sig)]) + sig.encode() + b"\0"
+    return head + _ZEROS[: -len(head) % _VALUE_ALIGN[sig]]
+
+
+def scalar_record_chunk(items: Iterable[tuple[str, str, Any]]) -> bytes:
+    """:func:`record_chunk` of an ``a{sv}`` given as ``(key, signature, value)`` with only
+    ``s``, ``u``, ``t`` and ``b`` values (the list record): the same bytes, marshalled here
+    without building Variants — a third of the time, which a 10,000-crash catch-up feels.
+
+    Raises:
+        ValueError: another signature, or a value its signature cannot hold.
+    """
+    out = bytearray()
+    for key, sig, value in items:
+        out += _ZEROS[: -len(out) % 8]
+        head = _ENTRY_HEADS.get((key, sig))
+        if head is None:
+            if sig not in _VALUE_ALIGN:
+                raise ValueError(f"not a scalar signature: {sig!r}")
+            head = _ENTRY_HEADS[key, sig] = _entry_head(key, sig)
+        out += head
+        try:
+            if sig == "s":
+                data = value.encode()
+                out += _U32.pack(len(data))
+                out += data
+                out += b"\0"
+            elif sig == "t":
+                out += _U64.pack(value)
+            else:  # u, b (a boolean is a UINT32 0 or 1)
+                out += _U32.pack(value)
+        except struct.error as exc:
+            raise ValueError(f"{key}: {value!r} is not a {sig}") from exc
+    return bytes(out)
+
+
 def _append_array_of_entries(out: bytearray, chunk: bytes) -> None:
     out += _ZEROS[: -len(out) % 4]
     out += _U32.pack(len(chunk))

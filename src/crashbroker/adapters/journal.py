@@ -19,6 +19,7 @@ from typing import Any
 
 from systemd import journal
 
+from crashbroker.adapters.memory import release_free_memory
 from crashbroker.domain.errors import JournalError
 from crashbroker.domain.model import COREDUMP_MESSAGE_ID
 
@@ -223,6 +224,7 @@ class JournalSource:
                     self.open()
                     fd = self._reader.fileno()
                     loop.add_reader(fd, on_readable)
+                    release_free_memory()  # what the catch-up's objects occupied
                     continue
                 if timeout_us is None:
                     await wake.wait()

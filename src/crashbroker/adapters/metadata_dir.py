@@ -82,6 +82,8 @@ class MetadataDir:
     def __init__(self, cache_home: Path) -> None:
         self.kcrash_dir = cache_home / "kcrash-metadata"
         self.drkonqi_dir = cache_home / "drkonqi" / "crashes"
+        self._kcrash_prefix = f"{self.kcrash_dir}/"
+        self._drkonqi_prefix = f"{self.drkonqi_dir}/"
 
     async def lookup(self, entry: CoredumpEntry) -> KCrashMetadata | None:
         """The metadata for ``entry``: the v2 INI, else the v1 INI, else DrKonqi's JSON record.
@@ -89,19 +91,20 @@ class MetadataDir:
         Refused or foreign files are logged and skipped; never raises for file problems.
         """
         candidates = [
-            (self.kcrash_dir, v2_name(entry), MetadataSource.KCRASH_V2),
-            (self.kcrash_dir, v1_name(entry), MetadataSource.KCRASH_V1),
-            (self.drkonqi_dir, drkonqi_name(entry), MetadataSource.DRKONQI),
+            (self._kcrash_prefix, v2_name(entry), MetadataSource.KCRASH_V2),
+            (self._kcrash_prefix, v1_name(entry), MetadataSource.KCRASH_V1),
+            (self._drkonqi_prefix, drkonqi_name(entry), MetadataSource.DRKONQI),
         ]
-        for directory, name, source in candidates:
+        for prefix, name, source in candidates:
             if not safe_name(name):
                 continue
-            path = directory / name
             # Most crashes have no metadata (any non-KDE program; a past crash whose INI is
             # gone): one lstat on the loop — a name lookup in the user's cache directory —
             # answers that, instead of a round trip through the file thread pool per name.
-            if not os.path.lexists(path):  # noqa: ASYNC240 (deliberate, see above)
+            # Plain strings: building Paths was a tenth of a 10,000-crash catch-up.
+            if not os.path.lexists(prefix + name):  # noqa: ASYNC240 (deliberate, see above)
                 continue
+            path = Path(prefix + name)
             try:
                 data = await read_capped(path)
                 meta = (

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from crashbroker.domain.model import Crash
 
@@ -40,6 +41,23 @@ class Burst:
     last_seen: int
     recent: tuple[int, ...]  # timestamps of the latest ``threshold`` crashes, oldest first
     loop: bool
+
+
+class BurstMember(NamedTuple):
+    """What :meth:`LoopTracker.restore` needs of a stored crash (a row, not a whole record)."""
+
+    id: str
+    key: str  # the grouping key (exe + signal)
+    timestamp: int
+    loop_head: str
+    loop: bool
+    dismissed: bool
+
+    @classmethod
+    def of(cls, key: str, crash: Crash) -> BurstMember:
+        return cls(
+            crash.id, key, crash.entry.timestamp, crash.loop_head, crash.loop, crash.dismissed
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,31 +111,38 @@ class LoopTracker:
             if burst.head_id == head_id:
                 del self._open[key]
 
-    def restore(self, crashes: Iterable[tuple[str, Crash]]) -> None:
-        """Reopen the latest burst of each key from stored ``(key, crash)`` pairs, so a loop
-        that goes on across a daemon restart stays one event. Dismissed heads stay closed."""
-        by_head: dict[str, list[Crash]] = {}
-        keys: dict[str, str] = {}
-        for key, crash in crashes:
-            head = crash.loop_head or crash.id
-            by_head.setdefault(head, []).append(crash)
-            keys[head] = key
-        latest: dict[str, Burst] = {}
-        for head_id, members in by_head.items():
-            head_crash = next((c for c in members if c.id == head_id), None)
-            if head_crash is None or head_crash.dismissed:
+    def restore(self, members: Iterable[BurstMember]) -> None:
+        """Reopen the latest burst of each key from the stored crashes, so a loop that goes on
+        across a daemon restart stays one event. Dismissed heads stay closed."""
+        # One pass, then a Burst only for each key's latest: a restart with ten thousand stored
+        # crashes should not build ten thousand bursts to keep a handful.
+        heads: dict[str, BurstMember] = {}
+        folded: dict[str, list[BurstMember]] = {}
+        for member in members:
+            if member.loop_head:
+                folded.setdefault(member.loop_head, []).append(member)
+            else:
+                heads[member.id] = member
+        latest: dict[str, tuple[int, str]] = {}  # key -> (last_seen, head id)
+        for head_id, head in heads.items():
+            if head.dismissed:
                 continue
-            members.sort(key=lambda c: c.entry.timestamp)
-            stamps = tuple(c.entry.timestamp for c in members)
-            burst = Burst(
+            others = folded.get(head_id)
+            last_seen = (
+                max(head.timestamp, *(m.timestamp for m in others)) if others else (head.timestamp)
+            )
+            best = latest.get(head.key)
+            if best is None or best[0] < last_seen:
+                latest[head.key] = (last_seen, head_id)
+        for key, (_, head_id) in latest.items():
+            head = heads[head_id]
+            group = sorted([head, *folded.get(head_id, ())], key=lambda m: m.timestamp)
+            stamps = tuple(m.timestamp for m in group)
+            self._open[key] = Burst(
                 head_id=head_id,
-                count=len(members),
-                last_id=members[-1].id,
+                count=len(group),
+                last_id=group[-1].id,
                 last_seen=stamps[-1],
                 recent=stamps[-self.policy.threshold :],
-                loop=head_crash.loop,
+                loop=head.loop,
             )
-            key = keys[head_id]
-            if key not in latest or latest[key].last_seen < burst.last_seen:
-                latest[key] = burst
-        self._open.update(latest)

@@ -1,0 +1,167 @@
+"""The store as the crash index, on a real SQLite file: its SQL selects what the pure filter
+selects, list records are kept and rendered again when their tag changes, and a schema-1 store is
+upgraded in place."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import make_crash
+from crashbroker.adapters.store import CrashStore, encode
+from crashbroker.domain.loops import BurstMember
+from crashbroker.domain.model import Crash, CrashState
+from crashbroker.domain.query import CrashFilter, newest_first
+
+T0 = 1_700_000_000_000_000
+EXES = ["/usr/bin/kate", "/usr/bin/dolphin", "/usr/bin/kate (deleted)", "/opt/kate"]
+
+
+crash_rows = st.lists(
+    st.tuples(
+        st.integers(0, 20),  # timestamp step (ties on purpose)
+        st.integers(0, 3),  # realtime step
+        st.sampled_from(EXES),
+        st.sampled_from(list(CrashState)),
+    ),
+    max_size=25,
+)
+filters = st.fixed_dictionaries(
+    {},
+    optional={
+        "since": st.one_of(st.integers(-(2**64), 2**64), st.integers(T0, T0 + 300)),
+        "until": st.one_of(st.integers(-(2**64), 2**64), st.integers(T0, T0 + 300)),
+        "exe": st.sampled_from([*EXES, "kate", "dolphin", "nothing"]),
+        "state": st.sampled_from([s.value for s in CrashState]),
+        "limit": st.integers(1, 30),
+        "include_dismissed": st.booleans(),
+    },
+)
+
+
+def build(rows: list[tuple[int, int, str, CrashState]]) -> list[Crash]:
+    crashes, ts, rt = [], T0, T0
+    for pid, (step, rstep, exe, state) in enumerate(rows, start=1):
+        ts += step
+        rt += rstep
+        crashes.append(make_crash(pid, ts, rt, exe, state))
+    return crashes
+
+
+def render(crash: Crash) -> bytes:
+    return f"{crash.id}:{crash.state.value}".encode()
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=crash_rows, raw=filters)
+def test_sql_selects_what_the_filter_selects(
+    tmp_path: Path, rows: list[tuple[int, int, str, CrashState]], raw: dict[str, object]
+) -> None:
+    db = tmp_path / "crashes.sqlite"
+    db.unlink(missing_ok=True)
+    store = CrashStore(db)
+    try:
+        crashes = build(rows)
+        store.set_renderer(render, "t1")
+        store.upsert(crashes, None)
+        flt = CrashFilter.parse(raw)
+        expected = newest_first(crashes, flt)
+
+        def order(cs: list[Crash]) -> list[tuple[int, int]]:
+            return [(c.entry.timestamp, c.entry.realtime) for c in cs]
+
+        got = store.crashes(flt)
+        # Ties on (timestamp, realtime) may come in either order; the set and the order match.
+        assert order(got) == order(expected)
+        if flt.limit is None:
+            assert sorted(c.id for c in got) == sorted(c.id for c in expected)
+        assert got == [store.get(c.id) for c in got]
+        listed = store.listing(flt)
+        assert [r.record for r in listed] == [render(c) for c in got]
+    finally:
+        store.close()
+
+
+def test_counts_groups_members_and_expiry(tmp_path: Path) -> None:
+    store = CrashStore(tmp_path / "crashes.sqlite")
+    a = make_crash(1, T0, T0, "/usr/bin/kate", CrashState.NEW)
+    b = make_crash(2, T0 + 5, T0 + 5, "/usr/bin/kate", CrashState.DISMISSED, head=a.id)
+    c = make_crash(3, T0 + 9, T0 + 9, "/usr/bin/dolphin", CrashState.CLAIMED)
+    store.upsert([a, b, c], "cursor-1")
+    assert {m.id for m in store.burst_members()} == {a.id, b.id, c.id}
+    assert store.count_shown() == 2
+    assert store.groups() == {
+        "/usr/bin/kate:SIGSEGV": (2, T0),
+        "/usr/bin/dolphin:SIGSEGV": (1, T0 + 9),
+    }
+    assert sorted(store.shown_ids()) == sorted([a.id, c.id])
+    assert store.shown_ids(loop_head=a.id) == []  # b is dismissed
+    assert BurstMember(b.id, "/usr/bin/kate:SIGSEGV", T0 + 5, a.id, False, True) in (
+        store.burst_members()
+    )
+    gone = store.expire(T0 + 6)
+    assert sorted(gone) == sorted(
+        [(a.id, "/usr/bin/kate:SIGSEGV", False), (b.id, "/usr/bin/kate:SIGSEGV", True)]
+    )
+    assert {m.id for m in store.burst_members()} == {c.id}
+    assert store.cursor() == "cursor-1"
+    store.close()
+
+
+def test_list_records_follow_updates_and_are_rendered_again_under_a_new_tag(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "crashes.sqlite"
+    store = CrashStore(path)
+    store.set_renderer(render, "t1")
+    crash = make_crash(1, T0, T0, "/usr/bin/kate", CrashState.NEW)
+    store.upsert([crash], None)
+    store.update(dataclasses.replace(crash, state=CrashState.CLAIMED))
+    assert [r.record for r in store.listing(CrashFilter())] == [f"{crash.id}:claimed".encode()]
+    store.close()
+
+    store = CrashStore(path)
+    store.set_renderer(lambda c: b"v2:" + render(c), "t2")
+    assert [r.record for r in store.listing(CrashFilter())] == [f"v2:{crash.id}:claimed".encode()]
+    store.close()
+    with sqlite3.connect(path) as db:  # rendered once, then kept
+        assert db.execute("SELECT listing FROM crashes").fetchone()[0].startswith(b"v2:")
+
+
+def test_a_schema_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "crashes.sqlite"
+    old = [
+        make_crash(1, T0, T0, "/usr/bin/kate (deleted)", CrashState.NEW),
+        make_crash(2, T0 + 1, T0 + 1, "/usr/bin/dolphin", CrashState.DISMISSED),
+    ]
+    with sqlite3.connect(path) as db:  # the tables as schema 1 made them
+        db.executescript(
+            "CREATE TABLE crashes (id TEXT PRIMARY KEY, timestamp INTEGER NOT NULL,"
+            " signature TEXT NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL,"
+            " announced INTEGER NOT NULL DEFAULT 1);"
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO meta VALUES('schema', '1'), ('cursor', 'old-cursor');"
+        )
+        db.executemany(
+            "INSERT INTO crashes VALUES(?, ?, ?, ?, ?, 1)",
+            [(c.id, c.entry.timestamp, c.signature, c.state.value, encode(c)) for c in old]
+            + [("cbroken", T0, "x", "new", json.dumps({"not": "a crash"}))],
+        )
+    store = CrashStore(path)
+    assert {m.id for m in store.burst_members()} == {
+        c.id for c in old
+    }  # the unreadable row is dropped, with a warning
+    assert store.crashes(CrashFilter.parse({"exe": "kate"})) == [old[0]]
+    assert store.count_shown() == 1
+    assert store.cursor() == "old-cursor"
+    store.set_renderer(render, "t1")
+    assert [r.record for r in store.listing(CrashFilter(include_dismissed=True))] == [
+        render(old[1]),
+        render(old[0]),
+    ]
+    store.close()
