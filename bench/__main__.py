@@ -421,6 +421,24 @@ async def catchup_and_queries(args: argparse.Namespace) -> None:
         f"Python start + imports alone: {floor * 1000:.0f} ms",
     )
     daemon.stop()
+
+    # The floor: the same daemon, idle, with nothing to index (interpreter, libraries, buses).
+    empty = Work()
+    bare = Daemon(empty.dir, bus, f"--journal-dir={empty.dir}")
+    bare.start()
+    await client.wait_owner()
+    await client.wait_caught_up()
+    await asyncio.sleep(2)
+    floor_rss = bare.status()["VmRSS"] / 1024
+    bare.stop()
+    empty.close()
+    row(
+        "idle RSS of the same daemon with nothing indexed (the floor)",
+        f"{floor_rss:.1f} MiB",
+        "",
+        "",
+        "",
+    )
     bus.close()
     work.close()
 

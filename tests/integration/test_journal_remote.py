@@ -442,3 +442,30 @@ async def test_list_records_and_full_records(daemon: Daemon, remote_journal: Rem
     assert (listed[0]["state"], listed[0]["claimed_by"]) == ("claimed", "test")
     empty = await daemon.call("ListCrashes", "a{sv}", variant_filter(exe="/nothing"))
     assert empty == []
+
+
+async def test_restart_reads_only_what_is_new_in_a_directory_of_several_files(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    """Entries of two journal-remote files share a boot id and have no monotonic time: after the
+    catch-up the reader reopens at the last entry without going back to the others' heads (it
+    did: every start read the whole journal again)."""
+    old = [remote_journal.coredump() for _ in range(30)]
+    remote_journal.append(*old)
+    remote_journal.wait_written(30)
+    await start(daemon, remote_journal)
+    await daemon.stop()
+
+    extra = RemoteJournal(remote_journal.directory, "extra")
+    extra._pid, extra._ts = remote_journal._pid + 1000, remote_journal._ts + 10_000_000
+    new = [extra.coredump() for _ in range(3)]
+    extra.append(*new)
+    extra.close()
+    daemon.client.signals.clear()
+    await daemon.start()
+    await daemon.caught_up()
+    for e in new:
+        await daemon.client.crash(int(e["COREDUMP_PID"]))
+    await asyncio.sleep(1)  # the reopen after the catch-up, and anything it would read again
+    stats = await daemon.stats()
+    assert (stats["entries"], stats["already_known"], stats["published"]) == (3, 0, 3)
