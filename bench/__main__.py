@@ -120,6 +120,15 @@ async def setup(work: Work, *daemon_args: str) -> tuple[Bus, Daemon, Client]:
     return bus, daemon, client
 
 
+async def setup_remote(work: Work) -> tuple[Remote, Entries, tuple[Bus, Daemon, Client]]:
+    """A daemon following a journal-remote directory (one log line in it, so it opens)."""
+    rj = Remote(work.dir / "journal")
+    entries = Entries()
+    rj.append([entries.noise(0)])
+    parts = await setup(work, f"--journal-dir={rj.directory}", "--grace-ms=0", "--loop-window=0")
+    return rj, entries, parts
+
+
 async def added_ms(client: Client, reader: Reader, pid: int, timeout_s: float) -> float:
     """Milliseconds from the plain reader seeing ``pid``'s entry to its CrashDetected."""
     async with asyncio.timeout(timeout_s):
@@ -139,12 +148,7 @@ def latency_rows(what: str, samples: list[float]) -> None:
 async def latency(args: argparse.Namespace) -> None:
     n = 50 if args.quick else 250
     work = Work()
-    rj = Remote(work.dir / "journal")
-    entries = Entries()
-    rj.append([entries.noise(0)])
-    bus, daemon, client = await setup(
-        work, f"--journal-dir={rj.directory}", "--grace-ms=0", "--loop-window=0"
-    )
+    rj, entries, (bus, daemon, client) = await setup_remote(work)
     reader = Reader(rj.directory)
     samples: list[float] = []
     try:
@@ -181,12 +185,7 @@ async def latency(args: argparse.Namespace) -> None:
 async def storm(args: argparse.Namespace) -> None:
     n = 1000
     work = Work()
-    rj = Remote(work.dir / "journal")
-    entries = Entries()
-    rj.append([entries.noise(0)])
-    bus, daemon, client = await setup(
-        work, f"--journal-dir={rj.directory}", "--grace-ms=0", "--loop-window=0"
-    )
+    rj, entries, (bus, daemon, client) = await setup_remote(work)
     before = daemon.status()
     batch = [entries.coredump() for _ in range(n)]
     t0 = time.monotonic()

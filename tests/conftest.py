@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -674,14 +675,21 @@ async def launcher(daemon: Daemon, tmp_path: Path) -> AsyncIterator[LauncherProc
 
 
 FACTORY_BOOT = "e04ff1c3b3f8438a9752aa220502ee22"
+FACTORY_T0 = 1_700_000_000_000_000
 
 
-def make_crash(  # a crash as the broker would have built it, for store and wire tests
-    pid: int, ts: int, realtime: int, exe: str, state: CrashState, head: str = ""
-) -> Crash:
+def make_entry(
+    pid: int = 100,
+    timestamp: int = FACTORY_T0,
+    exe: str = "/usr/bin/kate",
+    realtime: int | None = None,
+    kcrash_lib: KCrashLib = KCrashLib.NONE,
+    **fields: Any,
+) -> CoredumpEntry:
+    """A trusted coredump entry for pure and store tests; ``fields`` replace any other field."""
     entry = CoredumpEntry(
         cursor=f"s=x;i={pid:x}",
-        realtime=realtime,
+        realtime=timestamp + 300_000 if realtime is None else realtime,
         boot_id=FACTORY_BOOT,
         machine_id="3d1219c7c4c5404aaa1f6d2a48adfda4",
         hostname="vm",
@@ -690,17 +698,24 @@ def make_crash(  # a crash as the broker would have built it, for store and wire
         gid=1000,
         signal=11,
         signal_name="SIGSEGV",
-        timestamp=ts,
+        timestamp=timestamp,
         exe=exe,
-        comm="kate",
-        cmdline="kate",
+        comm=exe.rsplit("/", 1)[-1][:15],
+        cmdline=exe,
         unit="",
         user_unit="",
         core_filename="",
         core_in_journal=False,
         truncated=False,
-        kcrash_lib=KCrashLib.NONE,
+        kcrash_lib=kcrash_lib,
     )
+    return dataclasses.replace(entry, **fields) if fields else entry
+
+
+def make_crash(  # a crash as the broker would have built it, for store and wire tests
+    pid: int, ts: int, realtime: int, exe: str, state: CrashState, head: str = ""
+) -> Crash:
+    entry = make_entry(pid, ts, exe, realtime)
     return Crash(
         id=CrashKey(FACTORY_BOOT, pid, ts).crash_id,
         entry=entry,

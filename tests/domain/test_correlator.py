@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from conftest import make_entry as shared_entry
 from crashbroker.domain.correlator import (
     DEFAULT_GRACE_US,
     DEFAULT_RETRY_US,
@@ -24,27 +25,14 @@ BOOT = "e04ff1c3b3f8438a9752aa220502ee22"
 def make_entry(
     pid: int = 4242, kcrash_lib: KCrashLib = KCrashLib.KF6, timestamp: int = T0
 ) -> CoredumpEntry:
-    return CoredumpEntry(
-        cursor=f"s=x;i={pid:x}",
+    return shared_entry(
+        pid,
+        timestamp,
+        "/usr/bin/kf6app",
         realtime=timestamp + 500,
-        boot_id=BOOT,
-        machine_id="3d1219c7c4c5404aaa1f6d2a48adfda4",
-        hostname="vm",
-        pid=pid,
-        uid=1000,
-        gid=1000,
-        signal=11,
-        signal_name="SIGSEGV",
-        timestamp=timestamp,
-        exe="/usr/bin/kf6app",
-        comm="kf6app",
-        cmdline="kf6app --test",
-        unit="",
-        user_unit="app-kf6app.service",
-        core_filename="",
-        core_in_journal=False,
-        truncated=False,
         kcrash_lib=kcrash_lib,
+        cmdline="kf6app --test",
+        user_unit="app-kf6app.service",
     )
 
 

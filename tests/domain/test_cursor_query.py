@@ -7,12 +7,14 @@ import re
 
 import pytest
 
+from conftest import FACTORY_BOOT as BOOT
+from conftest import FACTORY_T0 as T0
+from conftest import make_entry
 from crashbroker.domain.correlator import Correlator, LookupMetadata, PublishCrash
 from crashbroker.domain.crash import build_crash, signature
 from crashbroker.domain.cursor import CursorTracker
 from crashbroker.domain.errors import InvalidArgs
 from crashbroker.domain.model import (
-    CoredumpEntry,
     Crash,
     CrashKey,
     CrashState,
@@ -21,40 +23,6 @@ from crashbroker.domain.model import (
     MetadataSource,
 )
 from crashbroker.domain.query import MAX_EXE_CHARS, MAX_LIMIT, CrashFilter, newest_first
-
-BOOT = "e04ff1c3b3f8438a9752aa220502ee22"
-T0 = 1_700_000_000_000_000
-
-
-def make_entry(
-    pid: int = 100,
-    timestamp: int = T0,
-    exe: str = "/usr/bin/kate",
-    realtime: int | None = None,
-    kcrash_lib: KCrashLib = KCrashLib.NONE,
-) -> CoredumpEntry:
-    return CoredumpEntry(
-        cursor=f"s=x;i={pid:x}",
-        realtime=timestamp + 300_000 if realtime is None else realtime,
-        boot_id=BOOT,
-        machine_id="3d1219c7c4c5404aaa1f6d2a48adfda4",
-        hostname="vm",
-        pid=pid,
-        uid=1000,
-        gid=1000,
-        signal=11,
-        signal_name="SIGSEGV",
-        timestamp=timestamp,
-        exe=exe,
-        comm=exe.rsplit("/", 1)[-1][:15],
-        cmdline=exe,
-        unit="",
-        user_unit="",
-        core_filename="",
-        core_in_journal=False,
-        truncated=False,
-        kcrash_lib=kcrash_lib,
-    )
 
 
 def key(pid: int) -> CrashKey:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import make_crash
 from crashbroker.domain.backtrace import crashing_thread_frames, refined_signature
 from crashbroker.domain.loops import BurstMember, LoopPolicy, LoopTracker
 from crashbroker.domain.model import Crash, CrashState, KCrashLib
@@ -104,21 +105,9 @@ def test_policy_rejects_nonsense(threshold: int, window: int) -> None:
 def stored(
     crash_id: str, ts: int, head: str = "", loop: bool = False, dismissed: bool = False
 ) -> Crash:
-    entry = dataclasses.replace(make_entry(pid=int(ts % 100_000_000 // S) + 1), timestamp=ts)
-    return Crash(
-        id=crash_id,
-        entry=entry,
-        kcrash={},
-        kcrash_complete=False,
-        kcrash_source="",
-        kcrash_filled=(),
-        metadata_path="",
-        past=False,
-        detected=ts,
-        state=CrashState.DISMISSED if dismissed else CrashState.NEW,
-        loop_head=head,
-        loop=loop,
-    )
+    state = CrashState.DISMISSED if dismissed else CrashState.NEW
+    crash = make_crash(int(ts % 100_000_000 // S) + 1, ts, ts, "/usr/bin/kf6app", state, head)
+    return dataclasses.replace(crash, id=crash_id, loop=loop)
 
 
 def test_restore_reopens_the_latest_burst_so_a_loop_across_a_restart_stays_one_event() -> None:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import export_format
+from conftest import make_entry as shared_entry
 from crashbroker.domain.entry import TrustPolicy, Verdict, classify
 from crashbroker.domain.errors import MetadataError, MetadataReason
 from crashbroker.domain.metadata import (
@@ -41,27 +42,15 @@ def make_entry(
     comm: str = "kronometer",
     timestamp: int = 1795398271000000,
 ) -> CoredumpEntry:
-    return CoredumpEntry(
-        cursor="s=1",
+    return shared_entry(
+        pid,
+        timestamp,
+        exe,
         realtime=timestamp + 473510,
-        boot_id=BOOT,
-        machine_id="3d1219c7c4c5404aaa1f6d2a48adfda4",
-        hostname="vm",
-        pid=pid,
-        uid=1000,
-        gid=1000,
-        signal=11,
-        signal_name="SIGSEGV",
-        timestamp=timestamp,
-        exe=exe,
+        kcrash_lib=KCrashLib.KF5,
+        cursor="s=1",
         comm=comm,
         cmdline=comm,
-        unit="",
-        user_unit="",
-        core_filename="",
-        core_in_journal=False,
-        truncated=False,
-        kcrash_lib=KCrashLib.KF5,
     )
 
 
