@@ -13,9 +13,9 @@ import asyncio
 import logging
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from crashbroker.adapters.journal import JournalBatch
 from crashbroker.domain.backtrace import refined_signature
@@ -32,12 +32,13 @@ from crashbroker.domain.errors import (
 )
 from crashbroker.domain.loops import BurstMember, LoopPolicy, LoopTracker
 from crashbroker.domain.model import CoredumpEntry, Crash, CrashState, MetadataSource
-from crashbroker.domain.query import CrashFilter, newest_first
+from crashbroker.domain.query import CrashFilter
 from crashbroker.ports import Expired, Listed, MetadataReader, NullPublisher, Publisher
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+T = TypeVar("T")
 
 
 class Store(Protocol):
@@ -559,11 +560,12 @@ class Broker:
         """
         if not self._mem:
             return self._store.crashes(flt)
-        # Memory has newer versions of a few: the store's answer, widened by as many (one may
-        # no longer match), with memory's versions in place of the store's.
-        wider = replace(flt, limit=flt.limit + len(self._mem)) if flt.limit else flt
-        stored = [c for c in self._store.crashes(wider) if c.id not in self._mem]
-        return newest_first([*stored, *self._mem.values()], flt)
+        return self._with_memory(
+            flt,
+            lambda wider: [
+                (c.id, c.entry.timestamp, c.entry.realtime, c) for c in self._store.crashes(wider)
+            ],
+        )
 
     def listing(self, flt: CrashFilter) -> list[bytes | Crash]:
         """:meth:`list_crashes` as the store's pre-rendered list records, except crashes whose
@@ -575,11 +577,17 @@ class Broker:
         """
         if not self._mem:
             return [row.record for row in self._store.listing(flt)]
+        return self._with_memory(flt, self._store.listing)
+
+    def _with_memory(
+        self, flt: CrashFilter, read: Callable[[CrashFilter], Iterable[tuple[str, int, int, T]]]
+    ) -> list[T | Crash]:
+        """The store's answer (``read``: id, timestamp, realtime, item), widened by as many rows
+        as memory holds crashes (one may no longer match), with memory's versions in place of
+        the store's; newest first, at most ``flt.limit``."""
         wider = replace(flt, limit=flt.limit + len(self._mem)) if flt.limit else flt
-        merged: list[tuple[int, int, bytes | Crash]] = [
-            (row.timestamp, row.realtime, row.record)
-            for row in self._store.listing(wider)
-            if row.id not in self._mem
+        merged: list[tuple[int, int, T | Crash]] = [
+            (ts, rt, item) for crash_id, ts, rt, item in read(wider) if crash_id not in self._mem
         ]
         merged += [
             (c.entry.timestamp, c.entry.realtime, c) for c in self._mem.values() if flt.matches(c)
