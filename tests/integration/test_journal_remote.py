@@ -469,3 +469,11 @@ async def test_restart_reads_only_what_is_new_in_a_directory_of_several_files(
     await asyncio.sleep(1)  # the reopen after the catch-up, and anything it would read again
     stats = await daemon.stats()
     assert (stats["entries"], stats["already_known"], stats["published"]) == (3, 0, 3)
+
+    # Started again, its stored cursor is in the other file now: nothing is read again.
+    await daemon.stop()
+    await daemon.start()
+    await daemon.caught_up()
+    await asyncio.sleep(1)
+    stats = await daemon.stats()
+    assert (stats["entries"], stats["already_known"]) == (0, 0)
