@@ -74,6 +74,11 @@ class Store(Protocol):
 
     def save_backtrace(self, crash_id: str, text: str) -> None: ...
 
+    def checkpoint_due(self) -> bool: ...
+
+    def checkpoint(self) -> None:
+        """Thread-safe: called from a worker thread."""
+
 
 class Backtracer(Protocol):
     """Produces the ``thread apply all bt`` text of a crash's core.
@@ -184,6 +189,7 @@ class Broker:
         self._tracker = CursorTracker(cursor)
         self._saved_cursor = cursor
         self._timer_wake = asyncio.Event()
+        self._checkpoint_wake = asyncio.Event()
         # Crashes whose in-memory version the store lacks (disk full, I/O error): retried until
         # stored, and the cursor is not saved past them meanwhile.
         self._unsaved: set[str] = set()
@@ -448,6 +454,19 @@ class Broker:
                 self._store.mark_announced(ids)
             except StoreError as exc:
                 logger.warning("could not note %d crashes as announced: %s", len(ids), exc)
+        if self._store.checkpoint_due():
+            self._checkpoint_wake.set()
+
+    async def run_checkpoints(self) -> None:
+        """Checkpoint the store's write-ahead log in a worker thread whenever a commit finds it
+        grown, so that no commit before a CrashDetected waits for the copy and its fsync."""
+        while True:
+            await self._checkpoint_wake.wait()
+            self._checkpoint_wake.clear()
+            try:
+                await asyncio.to_thread(self._store.checkpoint)
+            except StoreError as exc:
+                logger.warning("%s", exc)
 
     async def _announce(self, outbox: list[tuple[bool, Crash]]) -> bool:
         """Send the signals; True once the bus confirmed it has them."""

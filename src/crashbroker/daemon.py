@@ -165,6 +165,7 @@ async def run(config: Config) -> int:
                 tg.create_task(broker.run_journal(source.batches()), name="journal"),
                 tg.create_task(broker.run_timers(), name="timers"),
                 tg.create_task(broker.run_backtraces(), name="backtraces"),
+                tg.create_task(broker.run_checkpoints(), name="checkpoints"),
             ]
             stopping = tg.create_task(stop.wait(), name="stop")
             disconnected = tg.create_task(_bus_gone(bus), name="bus")

@@ -7,13 +7,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_crash
-from crashbroker.adapters.store import CrashStore, encode
+from crashbroker.adapters.store import CHECKPOINT_BYTES, CHECKPOINT_LIMIT, CrashStore, encode
 from crashbroker.domain.loops import BurstMember
 from crashbroker.domain.model import Crash, CrashState
 from crashbroker.domain.query import CrashFilter, newest_first
@@ -164,4 +165,57 @@ def test_a_schema_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
         render(old[1]),
         render(old[0]),
     ]
+    store.close()
+
+
+def test_the_log_is_checkpointed_from_another_thread_while_writes_go_on(tmp_path: Path) -> None:
+    """SQLite's own checkpoint (inside a commit, with an fsync) is off; the daemon's worker
+    thread checkpoints while the loop writes, and nothing written meanwhile is lost."""
+    path = tmp_path / "crashes.sqlite"
+    store = CrashStore(path)
+    pid = 0
+
+    def write(n: int) -> None:
+        nonlocal pid
+        for _ in range(n):
+            pid += 1
+            store.upsert(
+                [make_crash(pid, T0 + pid, T0 + pid, "/usr/bin/kate", CrashState.NEW)], "c"
+            )
+
+    while not store.checkpoint_due():
+        write(50)
+        assert pid < 20_000, "the log never grew past the checkpoint size"
+    due_at = pid  # with SQLite's auto-checkpoint on, the log would never have grown this far
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(store.checkpoint)
+        write(100)  # on this thread, during the checkpoint
+        done.result()
+    write(1)  # the first commit after a complete checkpoint starts the log over
+    if store.checkpoint_due():  # the 100 rows were logged after the checkpoint's snapshot
+        store.checkpoint()
+        write(1)
+    assert not store.checkpoint_due()
+    assert (tmp_path / "crashes.sqlite-wal").stat().st_size < 1_000_000
+    store.close()
+    store = CrashStore(path)
+    assert len(store.burst_members()) == pid > due_at
+    store.close()
+
+
+def test_the_log_is_bounded_when_no_worker_checkpoints(tmp_path: Path) -> None:
+    """A backstop for a worker that cannot keep up: past CHECKPOINT_LIMIT the committing call
+    checkpoints inline, so the log never holds much more than the limit."""
+    store = CrashStore(tmp_path / "crashes.sqlite")
+    wal = tmp_path / "crashes.sqlite-wal"
+    pid, largest = 0, 0
+    while (tmp_path / "crashes.sqlite").stat().st_size < 2 * CHECKPOINT_LIMIT:
+        rows = []
+        for _ in range(100):
+            pid += 1
+            rows.append(make_crash(pid, T0 + pid, T0 + pid, "/usr/bin/kate", CrashState.NEW))
+        store.upsert(rows, "c")
+        largest = max(largest, wal.stat().st_size)
+        assert pid < 200_000, "the database never grew: nothing was checkpointed"
+    assert CHECKPOINT_BYTES < largest < CHECKPOINT_LIMIT + CHECKPOINT_BYTES
     store.close()

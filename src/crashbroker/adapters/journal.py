@@ -232,32 +232,34 @@ class JournalSource:
         loop.add_reader(fd, on_readable)
         # Some file systems cannot notify; then sd-journal asks to be polled.
         timeout_us = None if self._reader.reliable_fd() else self._reader.get_timeout()
-        reopened = False
+        caught_up = False
+        read = 0  # entries the catch-up read
         try:
             while True:
                 wake.clear()
                 batch = self._read_batch()
+                read += len(batch.entries)
                 yield batch
                 if not batch.at_end:
                     continue
-                if (
-                    not reopened
-                    and self._position
-                    and not self._position.startswith(REALTIME_PREFIX)
-                ):
-                    # The catch-up mapped windows of every journal file it read (hundreds of MB
-                    # of page cache counted in our RSS for a long journal). A reader reopened at
-                    # the position maps only what following needs. Entries appended meanwhile
-                    # are read right after, from the cursor.
-                    reopened = True
-                    loop.remove_reader(fd)
-                    self.close()
-                    self._cursor = self._position
-                    self.open()
-                    fd = self._reader.fileno()
-                    loop.add_reader(fd, on_readable)
-                    release_free_memory()  # what the catch-up's objects occupied
-                    continue
+                if not caught_up:
+                    caught_up = True
+                    # Once, at the end of the catch-up, and only if it read anything: a reopen
+                    # later would hold a live crash back (the journal-remote latency
+                    # benchmark's second crash waited 10 ms for it).
+                    if read and self._position and not self._position.startswith(REALTIME_PREFIX):
+                        # The catch-up mapped windows of every journal file it read (hundreds
+                        # of MB of page cache counted in our RSS for a long journal). A reader
+                        # reopened at the position maps only what following needs. Entries
+                        # appended meanwhile are read right after, from the cursor.
+                        loop.remove_reader(fd)
+                        self.close()
+                        self._cursor = self._position
+                        self.open()
+                        fd = self._reader.fileno()
+                        loop.add_reader(fd, on_readable)
+                        release_free_memory()  # what the catch-up's objects occupied
+                        continue
                 if timeout_us is None:
                     await wake.wait()
                 else:
