@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -24,8 +25,8 @@ from dbus_fast import Variant
 
 from crashbroker import __version__
 from crashbroker.adapters.dbus_names import BUS_NAME
-from crashbroker.adapters.journal import CatchUp
 from crashbroker.client import BrokerClient, ClientError, connect_bus
+from crashbroker.domain.cursor import CatchUp
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -116,8 +117,8 @@ async def client_main(args: argparse.Namespace) -> int:
 
 
 def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout)
-    print()
+    # dumps, not dump: json.dump feeds the file from the pure-Python encoder, 3x slower.
+    sys.stdout.write(json.dumps(value) + "\n")
 
 
 async def cmd_list(client: BrokerClient, args: argparse.Namespace) -> int:
@@ -443,4 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             backtrace_timeout_s=args.backtrace_timeout,
         )
         return daemon.main(config)
+    # A client is short-lived and everything it unmarshals stays alive until it prints: the
+    # cycle collector only re-scans the growing reply (half the time of a 10,000-crash list).
+    gc.disable()
     return asyncio.run(client_main(args))

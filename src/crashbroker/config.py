@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from crashbroker.adapters.journal import CatchUp
+from crashbroker.domain.cursor import CatchUp
 
 COREDUMP_USER = "systemd-coredump"
 

@@ -26,12 +26,13 @@ from crashbroker.adapters import dbus_wire
 from crashbroker.adapters.backtrace import BacktraceLimits, GdbBacktracer
 from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH
 from crashbroker.adapters.dbus_service import LISTING_TAG, ManagerInterface
-from crashbroker.adapters.journal import CatchUp, JournalSource
+from crashbroker.adapters.journal import JournalSource
 from crashbroker.adapters.metadata_dir import MetadataDir
 from crashbroker.adapters.store import CrashStore
 from crashbroker.broker import Broker
 from crashbroker.config import Config, coredump_writer_uids
 from crashbroker.domain.correlator import Correlator
+from crashbroker.domain.cursor import CatchUp
 from crashbroker.domain.entry import TrustPolicy
 from crashbroker.domain.errors import CrashBrokerError
 from crashbroker.domain.loops import LoopPolicy

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crashbroker.adapters import dbus_wire
+from crashbroker.adapters.dbus_record import unwrap
 
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=12)
 values = st.one_of(
@@ -121,3 +122,9 @@ def test_a_crash_list_record_is_the_same_bytes_either_way():
         assert dbus_wire.scalar_record_chunk(list_items(crash)) == dbus_wire.record_chunk(
             to_record(crash, LIST_KEYS)
         )
+
+
+def test_unwrap_leaves_no_variant_at_any_depth() -> None:
+    inner = {"n": Variant("u", 3), "deep": Variant("v", Variant("as", ["a", "b"]))}
+    value = [{"plain": Variant("a{ss}", {"k": "v"}), "nested": Variant("a{sv}", inner)}]
+    assert unwrap(value) == [{"plain": {"k": "v"}, "nested": {"n": 3, "deep": ["a", "b"]}}]

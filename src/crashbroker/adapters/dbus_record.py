@@ -99,9 +99,14 @@ def list_items(crash: Crash) -> list[tuple[str, str, Any]]:
 def unwrap(value: Any) -> Any:
     """Variants (nested in dicts and lists) to plain Python values, e.g. for JSON output."""
     if isinstance(value, Variant):
-        return unwrap(value.value)
+        # A signature without "v" holds no variant: its value is plain already. The common
+        # case by far (a list of 10,000 records holds 200,000 such variants), so inlined.
+        return value.value if "v" not in value.signature else unwrap(value.value)
     if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
+        return {
+            k: v.value if type(v) is Variant and "v" not in v.signature else unwrap(v)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [unwrap(v) for v in value]
     return value

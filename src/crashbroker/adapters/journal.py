@@ -8,7 +8,6 @@ bounded batches so a large catch-up never starves the loop.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from typing import Any
 from systemd import journal
 
 from crashbroker.adapters.memory import release_free_memory
+from crashbroker.domain.cursor import CatchUp
 from crashbroker.domain.errors import JournalError
 from crashbroker.domain.model import COREDUMP_MESSAGE_ID
 
@@ -28,14 +28,6 @@ logger = logging.getLogger(__name__)
 REALTIME_PREFIX = "realtime:"
 DEFAULT_BATCH = 256
 STEP_BACK = 1_000  # coredumps from the end: ~25 ms to step over on the bench machine
-
-
-class CatchUp(enum.StrEnum):
-    """Where a first start (no stored cursor) begins."""
-
-    BOOT = "boot"  # every coredump of the current boot
-    ALL = "all"  # every coredump the journal holds
-    NONE = "none"  # only crashes from now on
 
 
 @dataclass(frozen=True, slots=True)

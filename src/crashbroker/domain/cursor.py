@@ -1,8 +1,19 @@
-"""Which journal cursor is safe to persist while some crashes are still being correlated."""
+"""Which journal cursor is safe to persist while some crashes are still being correlated, and
+where a first start begins."""
 
 from __future__ import annotations
 
+import enum
+
 from crashbroker.domain.model import CrashKey
+
+
+class CatchUp(enum.StrEnum):
+    """Where a first start (no stored cursor) begins."""
+
+    BOOT = "boot"  # every coredump of the current boot
+    ALL = "all"  # every coredump the journal holds
+    NONE = "none"  # only crashes from now on
 
 
 class CursorTracker:
