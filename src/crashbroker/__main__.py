@@ -1,5 +1,5 @@
-"""``python -m crashbroker`` runs the CLI."""
+"""``python -m crashbroker`` runs the CLI (as the ``crashbroker`` script does)."""
 
-from crashbroker.cli import main
+from crashbroker.entry import crashbroker
 
-raise SystemExit(main())
+raise SystemExit(crashbroker())

@@ -27,6 +27,7 @@ from crashbroker.adapters.backtrace import BacktraceLimits, GdbBacktracer
 from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH
 from crashbroker.adapters.dbus_service import LISTING_TAG, ManagerInterface
 from crashbroker.adapters.journal import JournalSource
+from crashbroker.adapters.memory import keep_large_buffers_out_of_the_heap
 from crashbroker.adapters.metadata_dir import MetadataDir
 from crashbroker.adapters.store import CrashStore
 from crashbroker.broker import Broker
@@ -79,6 +80,7 @@ async def _bus_gone(bus: MessageBus) -> None:
 async def run(config: Config) -> int:
     """Run the daemon until SIGTERM/SIGINT (exit 0) or until the bus goes away (exit 1)."""
     started = _monotonic_us()
+    keep_large_buffers_out_of_the_heap()  # a daemon that idles for days gives them back
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     async with AsyncExitStack() as stack:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 from conftest import Daemon, RemoteJournal
 
@@ -101,3 +103,18 @@ async def test_no_session_bus_is_a_clear_error(tmp_path):
     rc, _, err = await cli(f"unix:path={tmp_path}/nothing-here", "list")
     assert rc == 3
     assert "cannot connect to the session bus" in err and "Traceback" not in err
+
+
+def test_the_installed_scripts_start_their_programs() -> None:
+    """The console scripts go through crashbroker.entry (which keeps OpenSSL out)."""
+    bindir = Path(sys.executable).parent
+    for script, words in (
+        ("crashbroker", "Crash feed on the session bus"),
+        ("crashbroker-launcher", "usage: crashbroker-launcher"),
+        ("crashbroker-notifier", "usage: crashbroker-notifier"),
+    ):
+        done = subprocess.run(
+            [bindir / script, "--help"], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert words in done.stdout

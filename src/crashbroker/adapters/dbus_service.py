@@ -30,6 +30,7 @@ from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus
 from crashbroker.adapters import dbus_wire
 from crashbroker.adapters.dbus_names import MANAGER_INTERFACE, OBJECT_PATH, error_name
 from crashbroker.adapters.dbus_record import LIST_KEYS, list_items, to_record, unwrap
+from crashbroker.adapters.memory import trim_heap
 from crashbroker.domain.errors import InvalidArgs, RequestError
 from crashbroker.domain.model import Crash
 from crashbroker.domain.query import CrashFilter
@@ -40,6 +41,7 @@ DBusRecords = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 DBusCrashEvent = Annotated[list[Any], DBusSignature("sa{sv}")]
 MAX_HANDLER_CHARS = 256
 _CHUNK_CACHE = 256
+LARGE_REPLY = 1 << 20  # bytes of list records (~2,500 crashes) after which the heap is trimmed
 # Names what the store's pre-rendered list records are: a change of the keys renders them again.
 LISTING_TAG = "dbus-wire-1:" + ",".join(LIST_KEYS)
 
@@ -140,6 +142,9 @@ class ManagerInterface(ServiceInterface):
             )
         if dbus_wire.wants_reply(msg):
             self._bus.send(dbus_wire.method_return(msg, "aa{sv}", body))
+        if len(body) > LARGE_REPLY:
+            # Its rows, records and buffers were freed into the heap, which glibc keeps.
+            trim_heap()
         return True
 
     def list_chunk(self, crash: Crash) -> bytes:
