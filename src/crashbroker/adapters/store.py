@@ -305,12 +305,16 @@ class CrashStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-            if self._wal_size() > CHECKPOINT_LIMIT:
-                # The worker's checkpoints cannot keep up (a long catch-up, a storm: writes
-                # during each one keep the log from starting over): bound it here, inline.
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"crash store {self.path}: {exc}") from exc
+        if self._wal_size() > CHECKPOINT_LIMIT:
+            # The worker's checkpoints cannot keep up (a long catch-up, a storm: writes during
+            # each one keep the log from starting over): bound it here, inline. The write is
+            # committed whatever happens to this.
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:
+                logger.warning("cannot checkpoint crash store %s: %s", self.path, exc)
 
     def _read(self, sql: str, args: Iterable[object] = ()) -> list[Any]:
         try:
