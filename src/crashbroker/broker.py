@@ -38,6 +38,10 @@ from crashbroker.ports import Expired, Listed, MetadataReader, NullPublisher, Pu
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+# A burst of signals (a first catch-up announces thousands) waits for the socket every this
+# many: the writer never queues more than ~40 KB, and the loop is not entered once per signal
+# (waiting after each signal made announcing a 10,000-crash catch-up take 0.48 s, not 0.30).
+DRAIN_EVERY = 64
 T = TypeVar("T")
 
 
@@ -470,10 +474,11 @@ class Broker:
 
     async def _announce(self, outbox: list[tuple[bool, Crash]]) -> bool:
         """Send the signals; True once the bus confirmed it has them."""
-        for new, crash in outbox:
+        for n, (new, crash) in enumerate(outbox, 1):
             if new:
                 self.publisher.crash_detected(crash)
-                await self.publisher.drain()
+                if n % DRAIN_EVERY == 0:
+                    await self.publisher.drain()
             else:
                 self.publisher.crash_updated(crash, _BURST_KEYS)
         if not outbox:
