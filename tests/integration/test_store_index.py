@@ -10,11 +10,13 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import make_crash
 from crashbroker.adapters.store import CHECKPOINT_BYTES, CHECKPOINT_LIMIT, CrashStore, encode
+from crashbroker.domain.errors import StoreError
 from crashbroker.domain.loops import BurstMember
 from crashbroker.domain.model import Crash, CrashState
 from crashbroker.domain.query import CrashFilter, newest_first
@@ -219,3 +221,15 @@ def test_the_log_is_bounded_when_no_worker_checkpoints(tmp_path: Path) -> None:
         assert pid < 200_000, "the database never grew: nothing was checkpointed"
     assert CHECKPOINT_BYTES < largest < CHECKPOINT_LIMIT + CHECKPOINT_BYTES
     store.close()
+
+
+def test_a_checkpoint_never_creates_a_database_where_the_store_has_gone(tmp_path: Path) -> None:
+    path = tmp_path / "dir with space" / "crashes.sqlite"
+    store = CrashStore(path)
+    store.upsert([make_crash(1, T0, T0, "/usr/bin/kate", CrashState.NEW)], "c")
+    store.checkpoint()  # a path that needs quoting in a URI
+    store.close()
+    path.unlink()
+    with pytest.raises(StoreError, match="cannot checkpoint"):
+        store.checkpoint()
+    assert not path.exists()

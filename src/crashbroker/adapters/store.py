@@ -268,7 +268,13 @@ class CrashStore:
         no lock a writer needs, and the next commit after it starts the log over.
         """
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # mode=rw: never create a database where the store's file has gone.
+            db = sqlite3.connect(
+                f"{self.path.absolute().as_uri()}?mode=rw",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot checkpoint crash store {self.path}: {exc}") from exc
         try:
