@@ -50,7 +50,9 @@ class Store(Protocol):
 
     def groups(self) -> dict[str, tuple[int, int]]: ...
 
-    def burst_members(self) -> list[BurstMember]: ...
+    def ids(self) -> set[str]: ...
+
+    def latest_bursts(self) -> list[BurstMember]: ...
 
     def count_shown(self) -> int: ...
 
@@ -172,8 +174,7 @@ class Broker:
         self.publisher: Publisher = NullPublisher()
         self.stats = Stats()
         self.caught_up = False
-        stored = store.burst_members()
-        self._ids = {m.id for m in stored}  # every crash indexed (stored or in _mem)
+        self._ids = store.ids()  # every crash indexed (stored or in _mem)
         # The newest version of crashes the store may lack: found in a batch not committed yet,
         # or not stored because the store fails (then also in _unsaved). Queries merge them.
         self._mem: dict[str, Crash] = {}
@@ -184,7 +185,7 @@ class Broker:
         self._signatures: Counter[str] = Counter({k: n for k, (n, _) in groups.items()})
         self._first_seen: dict[str, int] = {k: first for k, (_, first) in groups.items()}
         self._loops = LoopTracker(loops or LoopPolicy())
-        self._loops.restore(stored)
+        self._loops.restore(store.latest_bursts())
         self._backtracer = backtracer
         self._restored = dict(restored_states or {})
         self._bt_queue: asyncio.Queue[str] = asyncio.Queue()

@@ -228,6 +228,8 @@ def test_own_uid_selects_whose_crashes_are_published(
         pytest.param(variant(SLEEP, COREDUMP_SIGNAL="SIGSEGV"), id="signal-name-as-number"),
         pytest.param(variant(SLEEP, drop=("COREDUMP_TIMESTAMP",)), id="no-timestamp"),
         pytest.param(variant(SLEEP, COREDUMP_TIMESTAMP="yesterday"), id="garbage-timestamp"),
+        pytest.param(variant(SLEEP, COREDUMP_TIMESTAMP="-5"), id="negative-timestamp"),
+        pytest.param(variant(SLEEP, COREDUMP_TIMESTAMP="0"), id="zero-timestamp"),
         pytest.param(variant(SLEEP, drop=("_BOOT_ID",)), id="no-boot-id"),
         pytest.param(variant(SLEEP, _BOOT_ID="not-a-boot-id"), id="garbage-boot-id"),
         pytest.param(variant(SLEEP, _BOOT_ID=BOOT[:-1]), id="short-boot-id"),

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from conftest import make_crash
 from crashbroker.adapters.store import CHECKPOINT_BYTES, CHECKPOINT_LIMIT, CrashStore, encode
+from crashbroker.domain.crash import signature
 from crashbroker.domain.errors import StoreError
-from crashbroker.domain.loops import BurstMember
+from crashbroker.domain.loops import BurstMember, LoopPolicy, LoopTracker
 from crashbroker.domain.model import Crash, CrashState
 from crashbroker.domain.query import CrashFilter, newest_first
 
@@ -96,7 +97,7 @@ def test_counts_groups_members_and_expiry(tmp_path: Path) -> None:
     b = make_crash(2, T0 + 5, T0 + 5, "/usr/bin/kate", CrashState.DISMISSED, head=a.id)
     c = make_crash(3, T0 + 9, T0 + 9, "/usr/bin/dolphin", CrashState.CLAIMED)
     store.upsert([a, b, c], "cursor-1")
-    assert {m.id for m in store.burst_members()} == {a.id, b.id, c.id}
+    assert store.ids() == {a.id, b.id, c.id}
     assert store.count_shown() == 2
     assert store.groups() == {
         "/usr/bin/kate:SIGSEGV": (2, T0),
@@ -104,14 +105,18 @@ def test_counts_groups_members_and_expiry(tmp_path: Path) -> None:
     }
     assert sorted(store.shown_ids()) == sorted([a.id, c.id])
     assert store.shown_ids(loop_head=a.id) == []  # b is dismissed
-    assert BurstMember(b.id, "/usr/bin/kate:SIGSEGV", T0 + 5, a.id, False, True) in (
-        store.burst_members()
+    assert sorted(store.latest_bursts()) == sorted(
+        [
+            BurstMember(a.id, "/usr/bin/kate:SIGSEGV", T0, "", False, False),
+            BurstMember(b.id, "/usr/bin/kate:SIGSEGV", T0 + 5, a.id, False, True),
+            BurstMember(c.id, "/usr/bin/dolphin:SIGSEGV", T0 + 9, "", False, False),
+        ]
     )
     gone = store.expire(T0 + 6)
     assert sorted(gone) == sorted(
         [(a.id, "/usr/bin/kate:SIGSEGV", False), (b.id, "/usr/bin/kate:SIGSEGV", True)]
     )
-    assert {m.id for m in store.burst_members()} == {c.id}
+    assert store.ids() == {c.id}
     assert store.cursor() == "cursor-1"
     store.close()
 
@@ -156,9 +161,7 @@ def test_a_schema_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
             + [("cbroken", T0, "x", "new", json.dumps({"not": "a crash"}))],
         )
     store = CrashStore(path)
-    assert {m.id for m in store.burst_members()} == {
-        c.id for c in old
-    }  # the unreadable row is dropped, with a warning
+    assert store.ids() == {c.id for c in old}  # the unreadable row is dropped, with a warning
     assert store.crashes(CrashFilter.parse({"exe": "kate"})) == [old[0]]
     assert store.count_shown() == 1
     assert store.cursor() == "old-cursor"
@@ -201,7 +204,7 @@ def test_the_log_is_checkpointed_from_another_thread_while_writes_go_on(tmp_path
     assert (tmp_path / "crashes.sqlite-wal").stat().st_size < 1_000_000
     store.close()
     store = CrashStore(path)
-    assert len(store.burst_members()) == pid > due_at
+    assert len(store.ids()) == pid > due_at
     store.close()
 
 
@@ -233,3 +236,47 @@ def test_a_checkpoint_never_creates_a_database_where_the_store_has_gone(tmp_path
     with pytest.raises(StoreError, match="cannot checkpoint"):
         store.checkpoint()
     assert not path.exists()
+
+
+bursts = st.lists(
+    st.tuples(
+        st.sampled_from(EXES[:2]),  # the grouping key
+        st.integers(0, 3),  # timestamp step (ties on purpose)
+        st.one_of(st.none(), st.integers(0, 30)),  # a head, or folded into an earlier head
+        st.booleans(),  # dismissed
+        st.booleans(),  # loop
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=bursts)
+def test_latest_bursts_restore_what_every_member_would(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[str, int, int | None, bool, bool]]
+) -> None:
+    """A start reads only each key's latest burst; the loop tracker must end up as if it had
+    been given every stored crash."""
+    crashes: list[Crash] = []
+    heads: dict[str, list[Crash]] = {}
+    ts = T0
+    for pid, (exe, step, fold, dismissed, loop) in enumerate(rows, start=1):
+        ts += step
+        own = heads.setdefault(exe, [])
+        head = own[fold % len(own)].id if fold is not None and own else ""
+        state = CrashState.DISMISSED if dismissed else CrashState.NEW
+        crash = dataclasses.replace(make_crash(pid, ts, ts, exe, state, head), loop=loop)
+        crashes.append(crash)
+        if not head:
+            own.append(crash)
+    store = CrashStore(tmp_path_factory.mktemp("store") / "crashes.sqlite")
+    try:
+        store.upsert(crashes, None)
+        policy = LoopPolicy(threshold=3, window_us=10**15)
+        everything, latest = LoopTracker(policy), LoopTracker(policy)
+        everything.restore(BurstMember.of(signature(c.entry), c) for c in crashes)
+        latest.restore(store.latest_bursts())
+        for key in {signature(c.entry) for c in crashes}:
+            assert latest.place(key, "next", ts + 1) == everything.place(key, "next", ts + 1)
+    finally:
+        store.close()

@@ -69,6 +69,28 @@ CREATE INDEX IF NOT EXISTS crashes_head ON crashes(loop_head) WHERE loop_head !=
 -- of the table's rows, a tenth of the bytes.
 CREATE INDEX IF NOT EXISTS crashes_start
     ON crashes(grouping, timestamp, state, loop_head, loop, id);
+-- What a killed run stored but never announced: read at each start (a scan of every row was
+-- 7-10 ms for 10,000), empty but for a batch in flight.
+CREATE INDEX IF NOT EXISTS crashes_unannounced ON crashes(id) WHERE announced = 0;
+"""
+_MEMBER = "id, grouping, timestamp, loop_head, loop != 0, state = 'dismissed'"
+# Each key's latest burst: its newest crash (head or folded) is the newest, ties to the larger
+# head id. Timestamps are positive (the entry parser refuses others): zero-padded, they compare
+# as text, so one max() over "timestamp || id" picks the burst without a sort per key.
+_LATEST_BURSTS = f"""
+WITH folded AS (
+    SELECT loop_head AS head, max(timestamp) AS last
+    FROM crashes WHERE loop_head != '' GROUP BY loop_head
+), heads AS (
+    SELECT h.id, h.grouping, max(h.timestamp, coalesce(f.last, h.timestamp)) AS last_seen
+    FROM crashes h LEFT JOIN folded f ON f.head = h.id
+    WHERE h.loop_head = '' AND h.state != 'dismissed'
+), latest AS (
+    SELECT substr(max(printf('%020d', last_seen) || id), 21) AS id FROM heads GROUP BY grouping
+)
+SELECT {_MEMBER} FROM crashes WHERE id IN latest
+UNION ALL
+SELECT {_MEMBER} FROM crashes WHERE loop_head IN latest AND loop_head != ''
 """
 _VALUE_COLUMNS = (
     "timestamp, signature, state, record, realtime, exe, exe_base, grouping, loop_head, loop,"
@@ -342,11 +364,18 @@ class CrashStore:
         )
         return {str(key): (int(n), int(first)) for key, n, first in rows}
 
-    def burst_members(self) -> list[BurstMember]:
-        """What the loop tracker (and the set of known ids) needs of every stored crash."""
-        rows = self._read(
-            "SELECT id, grouping, timestamp, loop_head, loop != 0, state = 'dismissed' FROM crashes"
-        )
+    def ids(self) -> set[str]:
+        """The id of every stored crash."""
+        return {i for (i,) in self._read("SELECT id FROM crashes")}
+
+    def latest_bursts(self) -> list[BurstMember]:
+        """What :meth:`LoopTracker.restore` needs to reopen bursts: the members (head and
+        folded crashes) of each grouping key's latest burst whose head is not dismissed — the
+        one with the newest crash, ties to the larger head id, as ``restore`` chooses.
+
+        Chosen in SQL from the covering and head indexes: a start with 10,000 stored crashes
+        builds a handful of members, not 10,000 (39 ms of a restart, now ~11)."""
+        rows = self._read(_LATEST_BURSTS)
         # SQLite gives the two comparisons as 0/1: bool() keeps the member's types true.
         return [
             BurstMember(i, key, ts, head, bool(loop), bool(gone))

@@ -140,6 +140,7 @@ def classify(fields: JournalFields, policy: TrustPolicy) -> tuple[Verdict, Cored
         or uid < 0
         or sig is None
         or timestamp is None
+        or timestamp <= 0  # no crash before 1970; the store orders by it as a positive number
         or not _HEX32.fullmatch(boot_id)
         or not cursor
     ):

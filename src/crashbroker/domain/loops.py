@@ -132,7 +132,7 @@ class LoopTracker:
                 max(head.timestamp, *(m.timestamp for m in others)) if others else (head.timestamp)
             )
             best = latest.get(head.key)
-            if best is None or best[0] < last_seen:
+            if best is None or best < (last_seen, head_id):  # ties: the larger head id
                 latest[head.key] = (last_seen, head_id)
         for key, (_, head_id) in latest.items():
             head = heads[head_id]
