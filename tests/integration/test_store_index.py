@@ -238,6 +238,25 @@ def test_a_checkpoint_never_creates_a_database_where_the_store_has_gone(tmp_path
     assert not path.exists()
 
 
+def test_the_check_at_open_leaves_no_database_pages_mapped(tmp_path: Path) -> None:
+    """The open's integrity check maps the file to read it; an idle daemon must not keep it."""
+    path = tmp_path / "crashes.sqlite"
+    store = CrashStore(path)
+    store.upsert(
+        [make_crash(p, T0 + p, T0 + p, "/usr/bin/kate", CrashState.NEW) for p in range(500)], "c"
+    )
+    store.close()
+    store = CrashStore(path)
+    try:
+        assert len(store.ids()) == 500
+        mapped = {
+            line.split(maxsplit=5)[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+        }
+        assert str(path) not in mapped  # (its -shm index is mapped, as WAL mode needs)
+    finally:
+        store.close()
+
+
 bursts = st.lists(
     st.tuples(
         st.sampled_from(EXES[:2]),  # the grouping key
