@@ -118,3 +118,29 @@ def test_the_installed_scripts_start_their_programs() -> None:
         )
         assert done.returncode == 0, done.stderr
         assert words in done.stdout
+
+
+def test_openssl_is_kept_where_a_hash_is_not_built_in() -> None:
+    """Without its OpenSSL backend hashlib serves each hash from a built-in module; a Python
+    built without some of those keeps the backend rather than lose sha512 (`import random`)."""
+    probe = (
+        "import sys\n"
+        "missing = sys.argv[1:]\n"
+        "for name in missing: sys.modules[name] = None\n"
+        "from crashbroker import entry\n"
+        "entry._without_openssl()\n"
+        "import hashlib, random, asyncio\n"
+        "print(sys.modules.get('_hashlib') is None, sys.modules.get('ssl') is None,"
+        " hashlib.sha512(b'').hexdigest()[:8], hashlib.blake2b(b'').hexdigest()[:8])\n"
+    )
+    for missing, blocked in (([], "True"), (["_sha512", "_sha2"], "False")):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *missing],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [blocked, "True", "cf83e135", "786a02f7"], done.stdout
+        assert "ERROR" not in done.stderr, done.stderr
