@@ -478,10 +478,10 @@ class Broker:
         for n, (new, crash) in enumerate(outbox, 1):
             if new:
                 self.publisher.crash_detected(crash)
-                if n % DRAIN_EVERY == 0:
-                    await self.publisher.drain()
             else:
                 self.publisher.crash_updated(crash, _BURST_KEYS)
+            if n % DRAIN_EVERY == 0:  # whichever kind: a loop storm is mostly updates
+                await self.publisher.drain()
         if not outbox:
             return True
         self.publisher.properties_changed(["CrashCount"])
