@@ -80,10 +80,10 @@ class Store(Protocol):
 
     def save_backtrace(self, crash_id: str, text: str) -> None: ...
 
-    def checkpoint_due(self) -> bool: ...
+    def when_log_grows(self, wake: Callable[[], None]) -> None: ...
 
-    def checkpoint(self) -> None:
-        """Thread-safe: called from a worker thread."""
+    def checkpoint(self) -> int:
+        """Thread-safe: called from a worker thread. Returns the log frames now copied."""
 
 
 class Backtracer(Protocol):
@@ -117,6 +117,7 @@ class Stats:
     store_rebuilt: int = 0
     states_salvaged: int = 0
     catch_up_us: int = 0  # from the daemon's start to CaughtUp
+    checkpoints: int = 0  # write-ahead log checkpoints by the worker thread that copied frames
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -195,6 +196,8 @@ class Broker:
         self._saved_cursor = cursor
         self._timer_wake = asyncio.Event()
         self._checkpoint_wake = asyncio.Event()
+        # Any write can grow the log (a crash, a dismissal, a backtrace, re-rendered records).
+        store.when_log_grows(self._checkpoint_wake.set)
         # Crashes whose in-memory version the store lacks (disk full, I/O error): retried until
         # stored, and the cursor is not saved past them meanwhile.
         self._unsaved: set[str] = set()
@@ -459,8 +462,6 @@ class Broker:
                 self._store.mark_announced(ids)
             except StoreError as exc:
                 logger.warning("could not note %d crashes as announced: %s", len(ids), exc)
-        if self._store.checkpoint_due():
-            self._checkpoint_wake.set()
 
     async def run_checkpoints(self) -> None:
         """Checkpoint the store's write-ahead log in a worker thread whenever a commit finds it
@@ -469,9 +470,12 @@ class Broker:
             await self._checkpoint_wake.wait()
             self._checkpoint_wake.clear()
             try:
-                await asyncio.to_thread(self._store.checkpoint)
+                copied = await asyncio.to_thread(self._store.checkpoint)
             except StoreError as exc:
                 logger.warning("%s", exc)
+                continue
+            if copied:
+                self.stats.checkpoints += 1
 
     async def _announce(self, outbox: list[tuple[bool, Crash]]) -> bool:
         """Send the signals; True once the bus confirmed it has them."""

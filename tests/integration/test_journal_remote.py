@@ -484,3 +484,24 @@ async def test_restart_reads_only_what_is_new_in_a_directory_of_several_files(
     await asyncio.sleep(1)
     stats = await daemon.stats()
     assert (stats["entries"], stats["already_known"]) == (0, 0)
+
+
+async def test_the_write_ahead_log_is_checkpointed_by_the_worker(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    """Past CHECKPOINT_BYTES of log the daemon's worker thread checkpoints (no commit before a
+    CrashDetected waits for it); the database file grows while the log stays bounded."""
+    from crashbroker.adapters.store import CHECKPOINT_BYTES
+
+    await start(daemon, remote_journal, "--grace-ms=0")
+    # ~15 KB rows: 600 of them log ~9 MB, over CHECKPOINT_BYTES, under the inline limit.
+    big = {"COREDUMP_CMDLINE": "kate " + "x" * 4000, "COREDUMP_HOSTNAME": "h" * 4000}
+    entries = [remote_journal.coredump(**big) for _ in range(600)]
+    for k in range(0, 600, 50):
+        remote_journal.append(*entries[k : k + 50])
+        await daemon.client.crash(int(entries[k + 49]["COREDUMP_PID"]))
+    stats = await daemon.stats()
+    assert stats["published"] == 600
+    assert stats["checkpoints"] >= 1, daemon.log_text()
+    db = daemon.tmp / "state" / "crashbroker" / "crashes.sqlite"
+    assert db.stat().st_size > CHECKPOINT_BYTES  # the rows reached the database file

@@ -195,7 +195,7 @@ def test_the_log_is_checkpointed_from_another_thread_while_writes_go_on(tmp_path
     with ThreadPoolExecutor(1) as pool:
         done = pool.submit(store.checkpoint)
         write(100)  # on this thread, during the checkpoint
-        done.result()
+        assert done.result() > 0  # frames copied by the worker, not a busy no-op
     write(1)  # the first commit after a complete checkpoint starts the log over
     if store.checkpoint_due():  # the 100 rows were logged after the checkpoint's snapshot
         store.checkpoint()
@@ -205,6 +205,27 @@ def test_the_log_is_checkpointed_from_another_thread_while_writes_go_on(tmp_path
     store.close()
     store = CrashStore(path)
     assert len(store.ids()) == pid > due_at
+    store.close()
+
+
+def test_any_write_that_grows_the_log_asks_for_a_checkpoint(tmp_path: Path) -> None:
+    """Not only crashes: backtraces, updates and re-rendered records grow the log too."""
+    store = CrashStore(tmp_path / "crashes.sqlite")
+    asked: list[int] = []
+    store.when_log_grows(lambda: asked.append(len(asked)))
+    crash = make_crash(1, T0, T0, "/usr/bin/kate", CrashState.NEW)
+    store.upsert([crash], "c")
+    assert asked == []
+    n = 0
+    while not asked:
+        n += 1
+        # ~120 KB, different throughout: SQLite rewrites only the pages whose bytes change.
+        store.save_backtrace(crash.id, f"frame {n:04} " * 10_000)
+        assert n < 200, "the log never grew past CHECKPOINT_BYTES"
+    assert store.checkpoint_due()
+    assert store.checkpoint() > 0
+    store.save_backtrace(crash.id, "short")  # the first write after the copy starts over
+    assert not store.checkpoint_due()
     store.close()
 
 

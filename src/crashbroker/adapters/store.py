@@ -190,6 +190,7 @@ class CrashStore:
         self.path = path
         self._wal = path.with_name(path.name + "-wal")
         self._render: Render | None = None
+        self._on_log_grown: Callable[[], None] | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -202,7 +203,7 @@ class CrashStore:
             self._db.execute("PRAGMA cache_size=-512")
             # SQLite's own checkpoint runs inside the commit that crosses 1000 WAL pages, and
             # its fsync held a CrashDetected back by 15-20 ms every ~120 crashes: the daemon
-            # checkpoints from a worker thread instead (checkpoint_due / checkpoint).
+            # checkpoints from a worker thread instead (when_log_grows / checkpoint).
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             # The log is cut back when it starts over, so its size says what awaits a checkpoint.
             self._db.execute("PRAGMA journal_size_limit=0")
@@ -289,11 +290,21 @@ class CrashStore:
         """True when the write-ahead log has grown past :data:`CHECKPOINT_BYTES`."""
         return self._wal_size() > CHECKPOINT_BYTES
 
-    def checkpoint(self) -> None:
+    def when_log_grows(self, wake: Callable[[], None]) -> None:
+        """Have ``wake`` called after any commit that leaves the write-ahead log past
+        :data:`CHECKPOINT_BYTES` (on the committing thread), so the caller runs
+        :meth:`checkpoint` elsewhere. Without it, only the inline backstop bounds the log."""
+        self._on_log_grown = wake
+
+    def checkpoint(self) -> int:
         """Copy the write-ahead log into the database, through a connection of its own.
 
         Safe to call from a worker thread while the loop writes on: a PASSIVE checkpoint takes
         no lock a writer needs, and the next commit after it starts the log over.
+
+        Returns:
+            How many log frames are in the database now (0: none, or another checkpoint was
+            running).
         """
         try:
             # mode=rw: never create a database where the store's file has gone.
@@ -306,11 +317,12 @@ class CrashStore:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot checkpoint crash store {self.path}: {exc}") from exc
         try:
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            busy, _, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot checkpoint crash store {self.path}: {exc}") from exc
         finally:
             db.close()
+        return 0 if busy else max(copied, 0)
 
     def set_renderer(self, render: Render, tag: str) -> None:
         """Store each crash's list record as ``render`` makes it, beside the crash.
@@ -341,7 +353,10 @@ class CrashStore:
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"crash store {self.path}: {exc}") from exc
-        if self._wal_size() > CHECKPOINT_LIMIT:
+        log = self._wal_size()
+        if log > CHECKPOINT_BYTES and self._on_log_grown is not None:
+            self._on_log_grown()
+        if log > CHECKPOINT_LIMIT:
             # The worker's checkpoints cannot keep up (a long catch-up, a storm: writes during
             # each one keep the log from starting over): bound it here, inline. The write is
             # committed whatever happens to this.
