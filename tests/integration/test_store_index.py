@@ -247,6 +247,40 @@ def test_the_log_is_bounded_when_no_worker_checkpoints(tmp_path: Path) -> None:
     store.close()
 
 
+def test_the_log_is_bounded_while_the_worker_checkpoints_without_pause(tmp_path: Path) -> None:
+    """In a long storm the worker checkpoints back to back, each one overtaken by the writes
+    made during it: the inline backstop must still get its turn, or the log grows unbounded."""
+    import threading
+
+    store = CrashStore(tmp_path / "crashes.sqlite")
+    wal = tmp_path / "crashes.sqlite-wal"
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            store.checkpoint()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        pid, largest = 0, 0
+        big = "x" * 4000
+        while pid < 4000:  # ~50 MB of rows
+            rows = []
+            for _ in range(20):
+                pid += 1
+                crash = make_crash(pid, T0 + pid, T0 + pid, "/usr/bin/kate", CrashState.NEW)
+                entry = dataclasses.replace(crash.entry, cmdline=big, hostname=big)
+                rows.append(dataclasses.replace(crash, entry=entry))
+            store.upsert(rows, "c")
+            largest = max(largest, wal.stat().st_size)
+    finally:
+        stop.set()
+        thread.join()
+    assert largest < CHECKPOINT_LIMIT + CHECKPOINT_BYTES, largest
+    store.close()
+
+
 def test_a_checkpoint_never_creates_a_database_where_the_store_has_gone(tmp_path: Path) -> None:
     path = tmp_path / "dir with space" / "crashes.sqlite"
     store = CrashStore(path)

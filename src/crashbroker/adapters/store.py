@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -191,6 +192,9 @@ class CrashStore:
         self._wal = path.with_name(path.name + "-wal")
         self._render: Render | None = None
         self._on_log_grown: Callable[[], None] | None = None
+        # One checkpoint at a time: a PASSIVE one that meets another returns "busy" and copies
+        # nothing, so the inline backstop waits for the worker's instead of missing its turn.
+        self._checkpointing = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -306,9 +310,13 @@ class CrashStore:
         no lock a writer needs, and the next commit after it starts the log over.
 
         Returns:
-            How many log frames are in the database now (0: none, or another checkpoint was
-            running).
+            How many log frames are in the database now (0: none, or another process's
+            checkpoint was running).
         """
+        with self._checkpointing:
+            return self._checkpoint()
+
+    def _checkpoint(self) -> int:
         try:
             # mode=rw: never create a database where the store's file has gone.
             db = sqlite3.connect(
@@ -364,7 +372,8 @@ class CrashStore:
             # each one keep the log from starting over): bound it here, inline. The write is
             # committed whatever happens to this.
             try:
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                with self._checkpointing:  # after the worker's, if one runs (a few ms)
+                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as exc:
                 logger.warning("cannot checkpoint crash store %s: %s", self.path, exc)
 
