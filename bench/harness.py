@@ -235,6 +235,9 @@ class Client(BrokerClient):
     async def wait_caught_up(self, timeout: float = 600) -> None:
         async with asyncio.timeout(timeout):
             while True:
+                # Cleared before asking: a CaughtUp signal arriving after the reply must wake
+                # the wait below (cleared after, it was lost, and the figure took 50 ms more).
+                self.caught_up.clear()
                 with contextlib.suppress(ClientError):
                     if await self.call(
                         "Get",
@@ -243,7 +246,6 @@ class Client(BrokerClient):
                         interface="org.freedesktop.DBus.Properties",
                     ):
                         return
-                self.caught_up.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.05):
                         await self.caught_up.wait()
