@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -250,8 +251,6 @@ def test_the_log_is_bounded_when_no_worker_checkpoints(tmp_path: Path) -> None:
 def test_the_log_is_bounded_while_the_worker_checkpoints_without_pause(tmp_path: Path) -> None:
     """In a long storm the worker checkpoints back to back, each one overtaken by the writes
     made during it: the inline backstop must still get its turn, or the log grows unbounded."""
-    import threading
-
     store = CrashStore(tmp_path / "crashes.sqlite")
     wal = tmp_path / "crashes.sqlite-wal"
     stop = threading.Event()

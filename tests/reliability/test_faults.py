@@ -36,7 +36,8 @@ async def test_kill_9_at_random_points_of_a_1000_crash_storm_loses_nothing(
     reaching the bus and the store noting that (``Broker._commit_staged``), with the same id."""
     rng = random.Random()
     # Fields at their size caps: ~15 MB of rows, so the store's write-ahead log must be
-    # checkpointed (by the daemon's worker thread) several times during the storm.
+    # checkpointed several times during the storm, kills or not (that the worker thread does it
+    # is test_the_write_ahead_log_is_checkpointed_by_the_worker).
     big = {"COREDUMP_CMDLINE": "kate " + "x" * 4000, "COREDUMP_HOSTNAME": "h" * 4000}
     entries = [remote_journal.coredump(**big) for _ in range(1000)]
     expected = {
