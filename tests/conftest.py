@@ -490,6 +490,18 @@ async def wait_exec(pid: int, exe: str, timeout: float = 10.0) -> None:
     raise AssertionError(f"pid {pid} never ran {exe}")
 
 
+async def wait_asleep(pid: int, timeout: float = 10.0) -> None:
+    """Wait until ``pid`` sleeps (state S): after exec, the dynamic loader runs first, and a
+    core dumped then has no libc mapped yet (gdb printed a two-frame ``?? ()`` trace)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "S":
+                return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"pid {pid} never went to sleep")
+
+
 async def wait_handler(pid: int, sig: int, timeout: float = 20.0) -> None:
     """Wait until ``pid`` catches ``sig`` (``SigCgt`` in /proc): KCrash's handler is installed."""
     deadline = time.monotonic() + timeout
@@ -543,6 +555,7 @@ async def crash_sleep(sig: int = signal.SIGSEGV) -> int:
         "sleep", "60", env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
     )
     await wait_exec(proc.pid, "/usr/bin/sleep")
+    await wait_asleep(proc.pid)
     proc.send_signal(sig)
     await proc.wait()
     return proc.pid
