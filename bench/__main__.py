@@ -14,7 +14,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from bench.harness import (
     Entries,
     Remote,
     Work,
+    crash_sleep,
     percentile,
     run_timed,
 )
@@ -93,21 +93,6 @@ class Reader:
     def close(self) -> None:
         asyncio.get_running_loop().remove_reader(self.reader.fileno())
         self.reader.close()
-
-
-async def crash_sleep(exe: str = "sleep") -> int:
-    proc = await asyncio.create_subprocess_exec(exe, "60")
-    target = shutil.which(exe) or exe
-    for _ in range(1000):
-        try:
-            if os.readlink(f"/proc/{proc.pid}/exe") == os.path.realpath(target):
-                break
-        except OSError:
-            pass
-        await asyncio.sleep(0.002)
-    proc.send_signal(signal.SIGSEGV)
-    await proc.wait()
-    return proc.pid
 
 
 async def setup(work: Work, *daemon_args: str) -> tuple[Bus, Daemon, Client]:
@@ -476,10 +461,10 @@ async def backtrace(args: argparse.Namespace) -> None:
     pids = [await crash_sleep() for _ in range(2 * rounds)]
     await client.wait_count(len(pids), timeout=60)
     crashes = {c["pid"]: c for c in await client.call("ListCrashes", "a{sv}", [{}])}
-    # In pairs, each call on a crash of its own (a first call is a first call once): this host
-    # runs gdb on the same core in 0.05 s for some seconds and 0.15 s for the next (seen by
-    # hand, without the daemon), so single runs wandered 0.3-3x. Compared pair by pair, both
-    # sides of a pair meet the same state; the ratio is the median of the pairs' ratios.
+    # In pairs, each call on a crash of its own (a first call is a first call once), and the
+    # ratio is the median of the pairs' ratios: steadier than one pair. (Single runs wandered
+    # 0.3-3x while crash_sleep could kill sleep before its libc was mapped: such a core takes
+    # gdb 0.05 s instead of 0.15 s.)
     by_hand, first = [], []
     for i in range(rounds):
         by_hand.append(backtrace_by_hand(work.dir, pids[2 * i]))

@@ -34,6 +34,7 @@ from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_
 from crashbroker.adapters.dbus_record import unwrap
 from crashbroker.domain.crash import signature
 from crashbroker.domain.model import CoredumpEntry, Crash, CrashKey, CrashState, KCrashLib
+from real_process import crash_sleep, wait_exec  # noqa: F401  (the tests import them here)
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -479,29 +480,6 @@ def rig() -> Iterator[None]:
             subprocess.run([ROOT / "scripts" / "rig", "down"], capture_output=True, check=False)
 
 
-async def wait_exec(pid: int, exe: str, timeout: float = 10.0) -> None:
-    """Wait until ``pid`` runs ``exe``: killing earlier dumps the forking parent instead."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/exe") == exe:
-                return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"pid {pid} never ran {exe}")
-
-
-async def wait_asleep(pid: int, timeout: float = 10.0) -> None:
-    """Wait until ``pid`` sleeps (state S): after exec, the dynamic loader runs first, and a
-    core dumped then has no libc mapped yet (gdb printed a two-frame ``?? ()`` trace)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "S":
-                return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"pid {pid} never went to sleep")
-
-
 async def wait_handler(pid: int, sig: int, timeout: float = 20.0) -> None:
     """Wait until ``pid`` catches ``sig`` (``SigCgt`` in /proc): KCrash's handler is installed."""
     deadline = time.monotonic() + timeout
@@ -546,18 +524,6 @@ async def crash_kronometer(env: dict[str, str], sig: int = signal.SIGSEGV) -> in
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    return proc.pid
-
-
-async def crash_sleep(sig: int = signal.SIGSEGV) -> int:
-    """A real process killed by ``sig``: the kernel hands its core to systemd-coredump."""
-    proc = await asyncio.create_subprocess_exec(
-        "sleep", "60", env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
-    )
-    await wait_exec(proc.pid, "/usr/bin/sleep")
-    await wait_asleep(proc.pid)
-    proc.send_signal(sig)
-    await proc.wait()
     return proc.pid
 
 
