@@ -22,7 +22,7 @@ from crashbroker.domain.backtrace import refined_signature
 from crashbroker.domain.correlator import Correlator, Effect, LookupMetadata, PublishCrash
 from crashbroker.domain.crash import build_crash, signature
 from crashbroker.domain.cursor import CursorTracker
-from crashbroker.domain.entry import TrustPolicy, Verdict, classify
+from crashbroker.domain.entry import CoreFile, TrustPolicy, Verdict, classify, core_to_check
 from crashbroker.domain.errors import (
     BacktraceFailed,
     NoSuchCrash,
@@ -141,6 +141,9 @@ class Broker:
         store: persistence for crashes and the journal cursor.
         metadata: where KCrash metadata is looked up.
         policy: the trust filter's parameters.
+        inspect_core: the facts about a core file the trust filter asks for (a regular user's
+            crash proves itself by its core); the default finds none, so such entries count as
+            forged.
         correlator: the correlation state machine.
         loops: the loop policy (bursts fold into one event).
         backtracer: runs coredumpctl + gdb; None answers GetBacktrace with NotSupported.
@@ -158,6 +161,7 @@ class Broker:
         metadata: MetadataReader,
         policy: TrustPolicy,
         correlator: Correlator,
+        inspect_core: Callable[[str], CoreFile | None] = lambda _path: None,
         monotonic: Clock,
         wall: Clock,
         loops: LoopPolicy | None = None,
@@ -168,6 +172,7 @@ class Broker:
         self._store = store
         self._metadata = metadata
         self._policy = policy
+        self._inspect_core = inspect_core
         self._correlator = correlator
         self._monotonic = monotonic
         self._started = monotonic() if started is None else started
@@ -220,7 +225,9 @@ class Broker:
         effects: list[Effect] = []
         for fields_ in batch.entries:
             self.stats.entries += 1
-            verdict, entry = classify(fields_, self._policy)
+            core_path = core_to_check(fields_, self._policy)
+            core = self._inspect_core(core_path) if core_path else None
+            verdict, entry = classify(fields_, self._policy, core)
             cursor = fields_.get("__CURSOR", "")
             if entry is None:
                 counter = _VERDICT_COUNTER[verdict]

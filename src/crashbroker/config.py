@@ -31,6 +31,15 @@ def coredump_writer_uids() -> frozenset[int]:
     return frozenset(uids)
 
 
+def local_machine_id() -> str | None:
+    """This machine's id (``/etc/machine-id``): entries carrying it are this machine's own."""
+    try:
+        text = Path("/etc/machine-id").read_text(encoding="ascii").strip().lower()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 32 else None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything the composition root needs.

@@ -24,6 +24,7 @@ from dbus_fast.constants import NameFlag
 from crashbroker import __version__
 from crashbroker.adapters import dbus_wire
 from crashbroker.adapters.backtrace import BacktraceLimits, GdbBacktracer
+from crashbroker.adapters.core_file import inspect_core
 from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH
 from crashbroker.adapters.dbus_service import LISTING_TAG, ManagerInterface
 from crashbroker.adapters.journal import JournalSource
@@ -31,7 +32,7 @@ from crashbroker.adapters.memory import keep_large_buffers_out_of_the_heap
 from crashbroker.adapters.metadata_dir import MetadataDir
 from crashbroker.adapters.store import CrashStore
 from crashbroker.broker import Broker
-from crashbroker.config import Config, coredump_writer_uids
+from crashbroker.config import Config, coredump_writer_uids, local_machine_id
 from crashbroker.domain.correlator import Correlator
 from crashbroker.domain.cursor import CatchUp
 from crashbroker.domain.entry import TrustPolicy
@@ -113,7 +114,9 @@ async def run(config: Config) -> int:
             policy=TrustPolicy(
                 writer_uids=coredump_writer_uids(),
                 own_uid=None if config.all_users else os.getuid(),
+                machine_id=local_machine_id(),
             ),
+            inspect_core=inspect_core,
             correlator=Correlator(grace_us=config.grace_ms * 1000),
             monotonic=_monotonic_us,
             wall=_wall_us,

@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from crashbroker.adapters.core_file import inspect_core
+from crashbroker.domain.entry import core_proves
 from crashbroker.domain.errors import BacktraceFailed, CoreTruncated, NoCore
 from crashbroker.domain.model import CoredumpEntry
 
@@ -101,6 +103,21 @@ class GdbBacktracer:
             raise NoCore(f"the core {entry.core_filename} is gone (removed by systemd-coredump?)")
         if entry.core_filename and not os.access(entry.core_filename, os.R_OK):
             raise NoCore(f"the core of this crash is not readable by uid {os.getuid()}")
+        if entry.core_filename:
+            # gdb parses whatever file it is given: only a core that systemd-coredump stored
+            # for exactly this crash, whoever logged the entry that names it.
+            core = inspect_core(entry.core_filename)
+            if core is None or not core_proves(
+                core,
+                uid=str(entry.uid),
+                boot_id=entry.boot_id,
+                pid=str(entry.pid),
+                timestamp=str(entry.timestamp),
+                exe=entry.exe or None,
+            ):
+                raise NoCore(
+                    f"{entry.core_filename} is not a core systemd-coredump stored for this crash"
+                )
 
     def _child_env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in _CHILD_ENV_KEYS if k in os.environ}
@@ -119,6 +136,10 @@ class GdbBacktracer:
             f"COREDUMP_TIMESTAMP={entry.timestamp}",
             f"_BOOT_ID={entry.boot_id}",
         ]
+        if entry.core_filename:
+            # coredumpctl takes the newest entry that matches, and a forged one can match the
+            # fields above: this one makes it read the core checked in _check_core.
+            args.append(f"COREDUMP_FILENAME={entry.core_filename}")
         proc = await asyncio.create_subprocess_exec(
             *args,
             stdin=asyncio.subprocess.DEVNULL,

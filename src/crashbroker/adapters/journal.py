@@ -20,6 +20,7 @@ from systemd import journal
 
 from crashbroker.adapters.memory import release_free_memory
 from crashbroker.domain.cursor import CatchUp
+from crashbroker.domain.entry import REPEATED
 from crashbroker.domain.errors import JournalError
 from crashbroker.domain.model import COREDUMP_MESSAGE_ID
 
@@ -68,6 +69,11 @@ def _next_fields(reader: Any) -> dict[str, str] | None:
         k: v.decode("utf-8", errors="replace") if type(v) is bytes else field_text(v)
         for k, v in raw.items()
     }
+    # A field logged more than once comes as a list (its first value kept above); the trust
+    # filter must know, since systemd-coredump never repeats one (domain/entry.py).
+    repeated = [k for k, v in raw.items() if type(v) is list]
+    if repeated:
+        fields[REPEATED] = ",".join(repeated)
     if core is not None:
         fields["COREDUMP"] = ""
     fields["__REALTIME_TIMESTAMP"] = str(reader._get_realtime())
