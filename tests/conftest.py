@@ -34,6 +34,7 @@ from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_
 from crashbroker.adapters.dbus_record import unwrap
 from crashbroker.domain.crash import signature
 from crashbroker.domain.model import CoredumpEntry, Crash, CrashKey, CrashState, KCrashLib
+from desktop_session import desktop, installed, watcher  # noqa: F401  (fixtures)
 from real_process import crash_sleep, wait_exec  # noqa: F401  (the tests import them here)
 
 ROOT = Path(__file__).resolve().parent.parent
