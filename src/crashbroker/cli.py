@@ -314,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--bindir", type=Path, help="where the crashbroker commands are")
     ins.add_argument("--uninstall", action="store_true")
     ins.add_argument("--force", action="store_true", help="replace files crashbroker did not write")
+    ins.add_argument(
+        "--kcrash-dump-only",
+        action="store_true",
+        help="also write ~/.config/environment.d/60-crashbroker-kcrash.conf (KCRASH_DUMP_ONLY=1), "
+        "so KF5 apps dump core instead of starting DrKonqi themselves and their crashes reach "
+        "the feed",
+    )
 
     cl = sub.add_parser("cleanup", help="remove old KCrash metadata and forget old crashes")
     cl.add_argument("--max-age-days", type=float, default=7.0, help="KCrash INIs (default 7)")
@@ -343,7 +350,12 @@ def cmd_install(args: argparse.Namespace) -> int:
             for path in result.removed:
                 print(f"removed {path}")
             return EXIT_OK
-        result = ops.install(targets, args.bindir or ops.default_bindir(), force=args.force)
+        result = ops.install(
+            targets,
+            args.bindir or ops.default_bindir(),
+            force=args.force,
+            kcrash_dump_only=args.kcrash_dump_only,
+        )
     except ops.InstallError as exc:
         print(f"crashbroker install: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -355,7 +367,41 @@ def cmd_install(args: argparse.Namespace) -> int:
         "next: systemctl --user daemon-reload && systemctl --user enable --now "
         "crashbroker crashbroker-notifier crashbroker-launcher crashbroker-cleanup.timer"
     )
+    _kcrash_advice(targets.kcrash_dropin, dropin_written=args.kcrash_dump_only)
     return EXIT_OK
+
+
+def _kcrash_advice(dropin: Path, *, dropin_written: bool) -> None:
+    """What KF5's KCrash means for this user's sessions (docs/operations.md, KCRASH_DUMP_ONLY)."""
+    from crashbroker.domain.doctor import KCRASH_DUMP_ONLY, kcrash_bypasses_feed
+    from crashbroker.launcher import find_drkonqi
+    from crashbroker.ops import doctor, install
+
+    if dropin_written:
+        print(
+            f"{KCRASH_DUMP_ONLY}=1 applies to sessions started from now on (log out and in "
+            "again). crashbroker-launcher then starts DrKonqi for KDE crashes."
+        )
+        if doctor.drkonqi_launcher_enabled(os.environ):
+            print(
+                "DrKonqi's own launcher is enabled too and would start a second DrKonqi: "
+                "systemctl --user mask drkonqi-coredump-launcher.socket"
+            )
+        return
+    if install.ours(dropin):
+        return
+    session_env, _ = doctor.session_environment(os.environ)
+    if kcrash_bypasses_feed(
+        kf5_kcrash=doctor.find_kf5_kcrash() is not None,
+        drkonqi=find_drkonqi(os.environ) is not None,
+        dump_only=session_env.get(KCRASH_DUMP_ONLY),
+    ):
+        print(
+            f"note: KF5's KCrash and DrKonqi are installed and {KCRASH_DUMP_ONLY} is not set: "
+            "KCrash starts DrKonqi itself and KDE crashes bypass crashbroker (the app is held "
+            "without a core dump while DrKonqi waits). `crashbroker install --kcrash-dump-only` "
+            "sets it for your sessions (docs/operations.md)."
+        )
 
 
 async def cmd_cleanup(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 A subscriber of ``org.kde.crashbroker1``. For each live crash of a KDE application it claims
 the crash over D-Bus (so two launchers never start two DrKonqis) and then starts DrKonqi exactly
-as DrKonqi's own ``drkonqi-coredump-launcher`` would (see ``domain/drkonqi.py``). It also exports
+as DrKonqi's own ``drkonqi-coredump-launcher`` would (see ``domain/drkonqi.py``), as a transient
+service of the user manager when one runs (else as a child). It also exports
 ``org.kde.crashbroker1.Launcher.Launch(s id) → b`` for a user's explicit "Report…".
 
 Composition root of its own: one TaskGroup (signal pump, DrKonqi children), signals only set an
@@ -14,8 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import enum
+import errno
 import logging
 import os
+import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -37,8 +42,16 @@ from crashbroker.adapters.metadata_dir import read_capped
 from crashbroker.client import BrokerClient, ClientError, CrashEvent, connect_bus
 from crashbroker.config import xdg_dir
 from crashbroker.domain import drkonqi
-from crashbroker.domain.drkonqi import Flavor, KCrashGroups, RateLimit, Skip
-from crashbroker.domain.errors import CrashBrokerError, MetadataError
+from crashbroker.domain.drkonqi import (
+    Flavor,
+    KCrashGroups,
+    RateLimit,
+    RecordAction,
+    Skip,
+    Start,
+    StartVia,
+)
+from crashbroker.domain.errors import CrashBrokerError, MetadataError, MetadataReason
 from crashbroker.domain.metadata import parse_ini
 from crashbroker.domain.model import MetadataSource
 
@@ -94,6 +107,86 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def create_exclusively(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text``, unless anything at all is at that name.
+
+    Never replaces, truncates or writes through what is there (a file, a link, a dangling link):
+    the text goes to a temporary file that is then hard-linked to the final name, which fails
+    when the name exists, and a reader never sees a half-written file. Where hard links are not
+    supported, ``O_CREAT|O_EXCL|O_NOFOLLOW`` on the final name gives the same guarantee.
+
+    Returns:
+        True when the file was created; False when something was already at ``path``.
+
+    Raises:
+        OSError: the file could not be written.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".crashbroker-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            return _create_with_excl(path, text)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _create_with_excl(path: Path, text: str) -> bool:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    except BaseException:
+        # Created by us a moment ago (O_EXCL): a half-written record must not stay to be taken
+        # for DrKonqi's.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return True
+
+
+async def read_record(path: Path) -> bytes | None:
+    """DrKonqi 6's record at ``path``: its bytes, or None when nothing is there.
+
+    Raises:
+        MetadataError: something is there that is not a regular file, or is unreadable.
+    """
+    try:
+        return await read_capped(path)
+    except MetadataError as exc:
+        if exc.reason is MetadataReason.NOT_FOUND:
+            return None
+        raise
+
+
+def manager_socket(env: Mapping[str, str]) -> str:
+    """Where the user manager listens (``$XDG_RUNTIME_DIR/systemd/private``); "" if unknown."""
+    runtime = env.get("XDG_RUNTIME_DIR", "")
+    return os.path.join(runtime, "systemd", "private") if os.path.isabs(runtime) else ""
+
+
+# systemd-run returns once the start job is done (Type=exec: DrKonqi was exec'd).
+SYSTEMD_RUN_TIMEOUT_S = 30.0
+
+
+class _Outcome(enum.Enum):
+    STARTED = "started"
+    FAILED = "failed"  # nothing was started: falling back to a child is safe
+    UNKNOWN = "unknown"  # it may have started: no fallback
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     drkonqi: str
@@ -103,6 +196,7 @@ class Options:
     cache_home: Path
     env: Mapping[str, str]
     on_request_only: bool = False
+    start_via: StartVia = StartVia.AUTO
 
 
 class Launcher:
@@ -140,13 +234,25 @@ class Launcher:
         skip = drkonqi.should_launch(
             crash, kde_debug="KDE_DEBUG" in self._options.env, explicit=explicit
         )
+        argv = drkonqi.arguments(crash["kcrash"], self._options.flavor)
+        if skip is None and argv is None:
+            skip = Skip.NO_ARGUMENTS
+        record: Path | None = None
+        action = RecordAction.CREATE
+        if skip is None and self._options.flavor is Flavor.V6:
+            # DrKonqi 6's own launcher or pickup may have handled this crash: its record says so.
+            # Looked at before the claim (a crash DrKonqi handles is not claimed by us) and
+            # before the rate limit (a crash DrKonqi handles does not use up the signature's turn).
+            record = self._record_path(crash)
+            verdict = await self._record_verdict(record, explicit=explicit)
+            if isinstance(verdict, Skip):
+                skip = verdict
+            else:
+                action = verdict
         if skip is None and not explicit:
             now = time.monotonic_ns() // 1000
             if not self._limit.allow(str(crash["signature"]), now):
                 skip = Skip.RATE_LIMITED
-        argv = drkonqi.arguments(crash["kcrash"], self._options.flavor)
-        if skip is None and argv is None:
-            skip = Skip.NO_ARGUMENTS
         if skip is not None or argv is None:
             logger.info("not launching DrKonqi for %s (%s): %s", crash["id"], crash["exe"], skip)
             return False
@@ -154,41 +260,165 @@ class Launcher:
             logger.info("crash %s was claimed by another handler", crash["id"])
             return False
         try:
-            metadata = await self._metadata_file(crash)
+            if record is None:
+                metadata = await self._v5_metadata_file(crash)
+            else:
+                outcome = await self._v6_record(crash, record, action, explicit=explicit)
+                if isinstance(outcome, Skip):
+                    logger.info(
+                        "not launching DrKonqi for %s (%s): %s", crash["id"], crash["exe"], outcome
+                    )
+                    return False
+                metadata = outcome
         except (OSError, MetadataError, CrashBrokerError) as exc:
             logger.error("cannot prepare DrKonqi's metadata for %s: %s", crash["id"], exc)
             return False
         env = drkonqi.child_environment(self._options.env, str(metadata))
-        child = self._tg.create_task(self._run(crash["id"], argv, env), name="drkonqi")
+        child = self._tg.create_task(self._run(crash, argv, env), name="drkonqi")
         self.children.add(child)
         child.add_done_callback(self.children.discard)
         return True
 
-    async def _metadata_file(self, crash: Mapping[str, Any]) -> Path:
+    def _record_path(self, crash: Mapping[str, Any]) -> Path:
+        name = drkonqi.v6_metadata_name(
+            crash["exe"], crash["boot_id"], crash["pid"], crash["timestamp"]
+        )
+        return self._options.cache_home / "drkonqi" / "crashes" / name
+
+    @staticmethod
+    async def _record_verdict(record: Path, *, explicit: bool) -> RecordAction | Skip:
+        try:
+            existing = await read_record(record)
+        except MetadataError as exc:
+            logger.warning("%s", exc)
+            return Skip.RECORD_REFUSED
+        return drkonqi.record_verdict(existing, explicit=explicit)
+
+    async def _v5_metadata_file(self, crash: Mapping[str, Any]) -> Path:
+        """DrKonqi 5 reads the KCrash INI itself, with a ``[Journal]`` group added (as 5.27's
+        launcher rewrote it through QSettings)."""
         fields = await asyncio.to_thread(
             journal_fields, crash["journal_cursor"], self._options.journal_dir
         )
         ini_path = Path(crash["metadata_path"])
         raw = await read_capped(ini_path)
-        if self._options.flavor is Flavor.V5:
-            text = drkonqi.v5_metadata(raw.decode("utf-8", errors="replace"), fields)
-            await asyncio.to_thread(_write_atomically, ini_path, text)
-            return ini_path
-        source = MetadataSource(crash["kcrash_source"])
-        meta = parse_ini(raw, str(ini_path), source)
-        groups = KCrashGroups(meta.kcrash, meta.tags, meta.extra, meta.gpu, meta.complete)
-        name = drkonqi.v6_metadata_name(
-            crash["exe"], crash["boot_id"], crash["pid"], crash["timestamp"]
-        )
-        crashes_dir = self._options.cache_home / "drkonqi" / "crashes"
-        await asyncio.to_thread(crashes_dir.mkdir, parents=True, exist_ok=True)
-        path = crashes_dir / name
-        text = drkonqi.v6_metadata(groups, fields, crash["journal_cursor"])
-        await asyncio.to_thread(_write_atomically, path, text)
-        return path
+        text = drkonqi.v5_metadata(raw.decode("utf-8", errors="replace"), fields)
+        await asyncio.to_thread(_write_atomically, ini_path, text)
+        return ini_path
 
-    async def _run(self, crash_id: str, argv: Sequence[str], env: Mapping[str, str]) -> None:
-        logger.info("starting %s %s for %s", self._options.drkonqi, " ".join(argv), crash_id)
+    async def _v6_record(
+        self, crash: Mapping[str, Any], record: Path, action: RecordAction, *, explicit: bool
+    ) -> Path | Skip:
+        """DrKonqi 6's record of the crash: ours created exclusively, or ours again on request;
+        a record that appeared since :meth:`consider` looked (DrKonqi's launcher raced us) is
+        left as it is and judged like one that was there before."""
+        if action is RecordAction.REUSE:
+            return record
+        fields = await asyncio.to_thread(
+            journal_fields, crash["journal_cursor"], self._options.journal_dir
+        )
+        ini_path = Path(crash["metadata_path"])
+        raw = await read_capped(ini_path)
+        meta = parse_ini(raw, str(ini_path), MetadataSource(crash["kcrash_source"]))
+        groups = KCrashGroups(meta.kcrash, meta.tags, meta.extra, meta.gpu, meta.complete)
+        text = drkonqi.v6_metadata(groups, fields, crash["journal_cursor"])
+        await asyncio.to_thread(record.parent.mkdir, parents=True, exist_ok=True)
+        if await asyncio.to_thread(create_exclusively, record, text):
+            return record
+        again = await self._record_verdict(record, explicit=explicit)
+        if again is RecordAction.REUSE:
+            return record
+        return again if isinstance(again, Skip) else Skip.RECORD_EXISTS
+
+    async def _run(
+        self, crash: Mapping[str, Any], argv: Sequence[str], env: Mapping[str, str]
+    ) -> None:
+        crash_id = str(crash["id"])
+        socket_path = manager_socket(self._options.env)
+        systemd_run = shutil.which("systemd-run", path=self._options.env.get("PATH"))
+        running = bool(socket_path) and await asyncio.to_thread(os.path.exists, socket_path)
+        start, why = drkonqi.choose_start(
+            self._options.start_via,
+            manager_socket=socket_path,
+            manager_running=running,
+            systemd_run=systemd_run,
+        )
+        if start is None:
+            logger.error("not starting DrKonqi for %s: --start-via=service, but %s", crash_id, why)
+            return
+        if start is Start.SERVICE and systemd_run is not None:
+            outcome, why = await self._start_service(crash, argv, env, systemd_run)
+            if outcome is _Outcome.FAILED and self._options.start_via is StartVia.AUTO:
+                logger.warning("DrKonqi for %s: %s; starting it as our child", crash_id, why)
+            elif outcome is not _Outcome.STARTED:
+                logger.error("DrKonqi for %s not started: %s", crash_id, why)
+                return
+            else:
+                return
+        await self._run_child(crash_id, argv, env, why)
+
+    async def _start_service(
+        self,
+        crash: Mapping[str, Any],
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        systemd_run: str,
+    ) -> tuple[_Outcome, str]:
+        """Start DrKonqi as a transient service of the user manager; the outcome and why."""
+        unit = drkonqi.unit_name(secrets.token_hex(8))
+        exe = str(crash["exe"]).rsplit("/", 1)[-1]
+        command = drkonqi.systemd_run_command(
+            systemd_run,
+            unit=unit,
+            description=f"DrKonqi for the crash of {exe} ({crash['id']})",
+            drkonqi=self._options.drkonqi,
+            argv=argv,
+            env=env,
+            cwd=tempfile.gettempdir(),
+        )
+        if command is None:
+            return _Outcome.FAILED, "DrKonqi's metadata path cannot be passed to the user manager"
+        logger.info(
+            "starting %s %s for %s as %s, a %s",
+            self._options.drkonqi, " ".join(argv), crash["id"], unit, Start.SERVICE.value,
+        )  # fmt: skip
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command,
+                env=dict(self._options.env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            return _Outcome.FAILED, f"cannot run systemd-run: {exc}"
+        try:
+            async with asyncio.timeout(SYSTEMD_RUN_TIMEOUT_S):
+                _, err = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            # The unit may have started all the same: a second DrKonqi as our child would be
+            # worse than none (the crash stays listed; "Report…" starts it again).
+            return _Outcome.UNKNOWN, f"systemd-run did not answer in {SYSTEMD_RUN_TIMEOUT_S:g} s"
+        if proc.returncode != 0:
+            # Type=exec: a failed start job means DrKonqi was not exec'd, and --collect unloads
+            # the unit; nothing of it runs.
+            detail = err.decode("utf-8", errors="replace").strip() or f"exit {proc.returncode}"
+            return _Outcome.FAILED, f"systemd-run failed: {detail}"
+        self.launched += 1
+        # The manager owns DrKonqi now: it outlives us, and `systemctl --user status UNIT`
+        # (while it runs) or the unit's journal tells how it ended.
+        logger.info("DrKonqi for %s runs as %s", crash["id"], unit)
+        return _Outcome.STARTED, ""
+
+    async def _run_child(
+        self, crash_id: str, argv: Sequence[str], env: Mapping[str, str], why: str
+    ) -> None:
+        logger.info(
+            "starting %s %s for %s as a %s (%s)",
+            self._options.drkonqi, " ".join(argv), crash_id, Start.CHILD.value, why,
+        )  # fmt: skip
         try:
             proc = await asyncio.create_subprocess_exec(
                 self._options.drkonqi,
@@ -196,7 +426,9 @@ class Launcher:
                 env=dict(env),
                 cwd=tempfile.gettempdir(),
                 stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,  # DrKonqi outlives us if we are restarted
+                # Outlives our exit, but not a stop of our unit (that kills our whole cgroup):
+                # hence the transient service whenever a user manager runs.
+                start_new_session=True,
             )
         except OSError as exc:
             logger.error("cannot start %s: %s", self._options.drkonqi, exc)
@@ -227,6 +459,7 @@ async def run(args: argparse.Namespace) -> int:
         cache_home=args.cache_home or xdg_dir(env, "XDG_CACHE_HOME", ".cache"),
         env=env,
         on_request_only=args.on_request_only,
+        start_via=StartVia(args.start_via),
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -288,6 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--on-request-only",
         action="store_true",
         help="start DrKonqi only when asked (Launch, the notifier's Report…), never by itself",
+    )
+    p.add_argument(
+        "--start-via",
+        choices=[v.value for v in StartVia],
+        default=StartVia.AUTO.value,
+        help="service: a transient service of the user manager (outside our sandbox); child: "
+        "our own child; auto (default): service when a user manager runs, else child",
     )
     p.add_argument("--journal-dir", type=Path, help="the journal directory the daemon follows")
     p.add_argument("--cache-home", type=Path, help="default: $XDG_CACHE_HOME")

@@ -7,7 +7,15 @@ import json
 import pytest
 
 from crashbroker.domain import drkonqi
-from crashbroker.domain.drkonqi import Flavor, KCrashGroups, RateLimit, Skip
+from crashbroker.domain.drkonqi import (
+    Flavor,
+    KCrashGroups,
+    RateLimit,
+    RecordAction,
+    Skip,
+    Start,
+    StartVia,
+)
 
 KCRASH = {
     "exe": "/usr/bin/kronometer",
@@ -82,6 +90,7 @@ def test_v6_metadata_is_drkonqis_json_record_picked_up() -> None:
     assert doc["kcrash-complete"] is True
     assert doc["journal"] == {"COREDUMP_PID": "42", "_DRKONQI_SD_CURSOR": "s=cursor"}
     assert doc["drkonqi"] == {"PickedUp": True}
+    assert doc["crashbroker"] == {"handler": "crashbroker-launcher"}  # tells ours from theirs
     assert (
         drkonqi.v6_metadata_name("/usr/bin/k (deleted)", "b" * 32, 42, 7)
         == f"k.{'b' * 32}.42.7.ini"
@@ -145,3 +154,104 @@ def test_rate_limit_is_per_key_and_time_passed_in() -> None:
     assert not limit.allow("a", 59_999_999)
     assert limit.allow("b", 1)
     assert limit.allow("a", 60_000_000)
+
+
+# ---- DrKonqi 6's record: never replaced, PickedUp respected -------------------------------------
+
+OURS = drkonqi.v6_metadata(KCrashGroups({"appname": "k"}), {}, "s=c").encode()
+
+
+@pytest.mark.parametrize(
+    ("existing", "explicit", "expected"),
+    [
+        (None, False, RecordAction.CREATE),
+        (None, True, RecordAction.CREATE),
+        (b'{"version": 2, "kcrash": {}, "drkonqi": {"PickedUp": true}}', False, Skip.DRKONQI_SEEN),
+        (b'{"version": 2, "kcrash": {}, "drkonqi": {"PickedUp": true}}', True, Skip.DRKONQI_SEEN),
+        (b'{"version": 2, "kcrash": {}, "drkonqi": {}}', True, Skip.RECORD_EXISTS),
+        (b'{"drkonqi": {"PickedUp": "true"}}', False, Skip.RECORD_EXISTS),  # not JSON true
+        (b"", False, Skip.RECORD_EXISTS),  # truncated mid-write by DrKonqi: still theirs
+        (b"[1]", False, Skip.RECORD_EXISTS),
+        (OURS, False, Skip.LAUNCHED_BEFORE),
+        (OURS, True, RecordAction.REUSE),  # "Report…" again: DrKonqi on the same record
+    ],
+)
+def test_an_existing_record_is_never_ours_to_replace(
+    existing: bytes | None, explicit: bool, expected: RecordAction | Skip
+) -> None:
+    assert drkonqi.record_verdict(existing, explicit=explicit) == expected
+
+
+# ---- how DrKonqi is started ----------------------------------------------------------------------
+
+SOCK = "/run/user/1000/systemd/private"
+
+
+@pytest.mark.parametrize(
+    ("via", "sock", "running", "systemd_run", "start", "why"),
+    [
+        (StartVia.AUTO, SOCK, True, "/usr/bin/systemd-run", Start.SERVICE, "user manager at"),
+        (StartVia.AUTO, SOCK, False, "/usr/bin/systemd-run", Start.CHILD, "does not exist"),
+        (StartVia.AUTO, "", False, "/usr/bin/systemd-run", Start.CHILD, "XDG_RUNTIME_DIR"),
+        (StartVia.AUTO, SOCK, True, None, Start.CHILD, "systemd-run is not installed"),
+        (StartVia.SERVICE, SOCK, False, "/usr/bin/systemd-run", None, "does not exist"),
+        (StartVia.SERVICE, SOCK, True, "/usr/bin/systemd-run", Start.SERVICE, "user manager"),
+        (StartVia.CHILD, SOCK, True, "/usr/bin/systemd-run", Start.CHILD, "--start-via=child"),
+    ],
+)
+def test_choose_start(
+    via: StartVia, sock: str, running: bool, systemd_run: str | None, start: Start | None, why: str
+) -> None:
+    got, reason = drkonqi.choose_start(
+        via, manager_socket=sock, manager_running=running, systemd_run=systemd_run
+    )
+    assert got is start
+    assert why in reason
+
+
+def run_command(env: dict[str, str], argv: list[str]) -> list[str] | None:
+    return drkonqi.systemd_run_command(
+        "/usr/bin/systemd-run",
+        unit=drkonqi.unit_name("0123abcd"),
+        description="DrKonqi for the crash of k (x)",
+        drkonqi="/usr/libexec/drkonqi",
+        argv=argv,
+        env=env,
+        cwd="/tmp",
+    )
+
+
+def test_drkonqi_is_a_transient_service_not_a_scope_with_its_environment_passed() -> None:
+    env = drkonqi.child_environment(
+        {"DISPLAY": ":0", "WAYLAND_DISPLAY": "wayland-0", "HOME": "/h", "INVOCATION_ID": "x",
+         "bad name": "1", "UNDECODABLE": "a\udcff"},
+        "/h/.cache/drkonqi/crashes/k.b.1.2.ini",
+    )  # fmt: skip
+    cmd = run_command(env, ["--appname", "k", "--programname", "K $HOME ${X} $$", "--safer"])
+    assert cmd is not None
+    head, tail = cmd[: cmd.index("--")], cmd[cmd.index("--") + 1 :]
+    assert head[:2] == ["/usr/bin/systemd-run", "--user"]
+    # --scope would fork DrKonqi from systemd-run, our child: it would keep our sandbox.
+    assert "--scope" not in head
+    for option in ("--collect", "--service-type=exec", "--property=ExitType=cgroup",
+                   "--slice=app.slice", "--working-directory=/tmp",
+                   "--unit=app-crashbroker-org.kde.drkonqi@0123abcd.service"):  # fmt: skip
+        assert option in head, option
+    setenv = sorted(a.removeprefix("--setenv=") for a in head if a.startswith("--setenv="))
+    assert setenv == [
+        "DISPLAY=:0",
+        "DRKONQI_BACKEND=COREDUMPD",
+        "DRKONQI_METADATA_FILE=/h/.cache/drkonqi/crashes/k.b.1.2.ini",
+        "HOME=/h",
+        "WAYLAND_DISPLAY=wayland-0",
+    ]
+    # The manager expands $VAR in ExecStart=; "$$" is its literal "$".
+    assert tail == [
+        "/usr/libexec/drkonqi", "--appname", "k", "--programname", "K $$HOME $${X} $$$$",
+        "--safer",
+    ]  # fmt: skip
+
+
+def test_no_service_when_drkonqis_metadata_path_cannot_be_passed() -> None:
+    env = drkonqi.child_environment({"HOME": "/h"}, "/h/\udcff/k.ini")
+    assert run_command(env, ["--appname", "k"]) is None

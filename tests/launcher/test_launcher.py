@@ -1,6 +1,7 @@
 """crashbroker-launcher on real parts: real KCrash crashes through the real daemon, the real
 Debian drkonqi-coredump-launcher for a differential check, a stand-in DrKonqi that records how it
-was started."""
+was started, DrKonqi 6's records as real files, the real systemd-run (and a real user manager,
+when one is reachable)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ from crashbroker.adapters.dbus_names import (
     LAUNCHER_INTERFACE,
     LAUNCHER_OBJECT_PATH,
 )
+from crashbroker.domain.errors import MetadataError, MetadataReason
+from crashbroker.launcher import create_exclusively, read_record
 
 
 def ini_groups(text: str) -> dict[str, dict[str, str]]:
@@ -329,3 +332,171 @@ async def test_launcher_interface_matches_its_xml(
         ]
 
     assert shape(live) == shape(xml)
+
+
+# ---- DrKonqi 6's record: created exclusively, DrKonqi's own never replaced ---------------------
+
+THEIRS_PICKED_UP = json.dumps(
+    {"version": 2, "kcrash": {"appname": "k"}, "journal": {"COREDUMP_PID": "1"},
+     "drkonqi": {"PickedUp": True}}, indent=4,
+)  # fmt: skip
+
+
+def fingerprint(path: Path) -> tuple[bytes, int, int]:
+    st = os.lstat(path)
+    return path.read_bytes(), st.st_ino, st.st_mtime_ns
+
+
+def test_create_exclusively_writes_a_whole_new_file_and_leaves_no_temporary(tmp_path: Path):
+    record = tmp_path / "k.b.1.2.ini"
+    assert create_exclusively(record, '{"ours": 1}') is True
+    assert record.read_text() == '{"ours": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == [record.name]
+
+
+def test_create_exclusively_never_overwrites_a_file_that_is_there(tmp_path: Path):
+    record = tmp_path / "k.b.1.2.ini"
+    record.write_text(THEIRS_PICKED_UP)
+    before = fingerprint(record)
+    assert create_exclusively(record, '{"ours": 1}') is False
+    assert fingerprint(record) == before  # same bytes, same inode: not replaced either
+    assert [p.name for p in tmp_path.iterdir()] == [record.name]
+
+
+def test_create_exclusively_never_writes_through_a_link(tmp_path: Path):
+    target = tmp_path / "elsewhere"
+    record = tmp_path / "k.b.1.2.ini"
+    record.symlink_to(target)  # dangling: open(O_CREAT) without O_EXCL would create `elsewhere`
+    assert create_exclusively(record, '{"ours": 1}') is False
+    assert not target.exists() and record.is_symlink()
+
+
+async def test_read_record_tells_nothing_there_from_something_odd(tmp_path: Path):
+    assert await read_record(tmp_path / "absent.ini") is None
+    (tmp_path / "theirs.ini").write_text(THEIRS_PICKED_UP)
+    assert await read_record(tmp_path / "theirs.ini") == THEIRS_PICKED_UP.encode()
+    (tmp_path / "link.ini").symlink_to(tmp_path / "theirs.ini")
+    os.mkfifo(tmp_path / "fifo.ini")
+    for name, reason in (("link.ini", MetadataReason.SYMLINK),
+                         ("fifo.ini", MetadataReason.NOT_REGULAR)):  # fmt: skip
+        with pytest.raises(MetadataError) as err:
+            await read_record(tmp_path / name)
+        assert err.value.reason is reason
+
+
+def record_path(daemon: Daemon, rj: RemoteJournal, entry: Any) -> Path:
+    """Where DrKonqi 6 keeps its record of the entry's crash (spec §4.4 step 3)."""
+    exe = entry["COREDUMP_EXE"].decode().rsplit("/", 1)[-1]
+    pid, ts = entry["COREDUMP_PID"].decode(), entry["COREDUMP_TIMESTAMP"].decode()
+    return daemon.cache_home / "drkonqi" / "crashes" / f"{exe}.{rj.boot_id}.{pid}.{ts}.ini"
+
+
+async def test_drkonqi_6_records_of_drkonqi_are_respected_and_ours_never_replaced(
+    daemon: Daemon,
+    launcher: LauncherProc,
+    remote_journal: RemoteJournal,
+    recorder: DrKonqiRecorder,
+    core: Path,
+):
+    daemon.args = [f"--journal-dir={remote_journal.directory}", "--grace-ms=300"]
+    await daemon.start()
+    await daemon.caught_up()
+    journal_dir = f"--journal-dir={remote_journal.directory}"
+    await launcher.start(recorder.dir, journal_dir, "--drkonqi-version=6")
+
+    picked = remote_kcrash(daemon, remote_journal, core, COREDUMP_EXE="/usr/bin/kpicked")
+    pending = remote_kcrash(daemon, remote_journal, core, COREDUMP_EXE="/usr/bin/kpending")
+    fresh = remote_kcrash(daemon, remote_journal, core, COREDUMP_EXE="/usr/bin/kfresh")
+    theirs_picked = record_path(daemon, remote_journal, picked)
+    theirs_pending = record_path(daemon, remote_journal, pending)
+    theirs_picked.parent.mkdir(parents=True)
+    theirs_picked.write_text(THEIRS_PICKED_UP)
+    # Without PickedUp: DrKonqi's all the same (a pickup in progress, an older build).
+    theirs_pending.write_text('{"version": 2, "kcrash": {"appname": "k"}, "journal": {}}')
+    before = {p: fingerprint(p) for p in (theirs_picked, theirs_pending)}
+
+    remote_journal.append(picked, pending, fresh)
+    ids = {}
+    for name, entry in (("picked", picked), ("pending", pending), ("fresh", fresh)):
+        ids[name] = (await daemon.client.crash(int(entry["COREDUMP_PID"])))["id"]
+    [run] = await recorder.wait(1)
+    await launcher.wait_log("not launching DrKonqi", 2)
+    log = launcher.text()
+    assert "DrKonqi already picked it up" in log
+    assert "exists without PickedUp: left as it is" in log
+    assert {p: fingerprint(p) for p in before} == before
+
+    ours = record_path(daemon, remote_journal, fresh)
+    assert run["env"]["DRKONQI_METADATA_FILE"] == str(ours)
+    doc = json.loads(run["metadata"])
+    assert doc["drkonqi"] == {"PickedUp": True} and doc["crashbroker"]
+    assert doc["kcrash"]["appname"] == "kronometer"
+    ours_before = fingerprint(ours)
+
+    # A user's "Report…": our record is started again as it is; DrKonqi's never.
+    assert await launch(daemon, ids["fresh"]) is True
+    runs = await recorder.wait(2)
+    assert {r["env"]["DRKONQI_METADATA_FILE"] for r in runs} == {str(ours)}
+    assert fingerprint(ours) == ours_before
+    assert await launch(daemon, ids["picked"]) is False
+    assert await launch(daemon, ids["pending"]) is False
+    assert {p: fingerprint(p) for p in before} == before
+    assert len(recorder.launches()) == 2
+    assert sorted(p.name for p in ours.parent.iterdir()) == sorted(
+        p.name for p in (theirs_picked, theirs_pending, ours)
+    )  # no temporary file left
+
+
+# ---- how DrKonqi is started: a transient service of the user manager, else our child ------------
+
+
+def dead_manager_socket(runtime: Path) -> None:
+    """A socket file where the user manager would listen, with nobody listening on it."""
+    (runtime / "systemd").mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(runtime / "systemd" / "private"))
+
+
+async def test_without_a_reachable_user_manager_drkonqi_is_our_child_and_the_log_says_why(
+    daemon: Daemon,
+    launcher: LauncherProc,
+    remote_journal: RemoteJournal,
+    recorder: DrKonqiRecorder,
+    core: Path,
+    tmp_path: Path,
+):
+    if shutil.which("systemd-run") is None:
+        missing_rig("systemd-run missing (package systemd)")
+    daemon.args = [f"--journal-dir={remote_journal.directory}", "--grace-ms=300"]
+    await daemon.start()
+    await daemon.caught_up()
+    journal_dir = f"--journal-dir={remote_journal.directory}"
+    no_manager = tmp_path / "run-no-manager"
+    no_manager.mkdir(mode=0o700)
+    dead = tmp_path / "run-dead-manager"
+    dead.mkdir(mode=0o700)
+    dead_manager_socket(dead)
+
+    cases = [
+        (["--start-via=auto"], no_manager, "/systemd/private does not exist", 1),
+        # The real systemd-run, refused: it started nothing, so a child is safe.
+        (["--start-via=auto"], dead, "systemd-run failed", 1),
+        (["--start-via=service"], dead, "not started: systemd-run failed", 0),
+    ]
+    for n, (args, runtime, needle, launched) in enumerate(cases):
+        rec = DrKonqiRecorder(tmp_path / f"libexec-{n}")
+        proc = await launcher.start(
+            rec.dir, journal_dir, "--drkonqi-version=5", *args,
+            env={"XDG_RUNTIME_DIR": str(runtime)},
+        )  # fmt: skip
+        entry = remote_kcrash(daemon, remote_journal, core, COREDUMP_EXE=f"/usr/bin/kstart{n}")
+        remote_journal.append(entry)
+        await daemon.client.crash(int(entry["COREDUMP_PID"]))
+        await launcher.wait_log(needle)
+        if launched:
+            await rec.wait(1)
+            await launcher.wait_log("as a child of crashbroker-launcher", n + 1)
+        await asyncio.sleep(0.5)  # a wrong launch would show by now
+        assert len(rec.launches()) == launched, (needle, launcher.text())
+        proc.terminate()
+        await proc.wait()

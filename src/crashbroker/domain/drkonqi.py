@@ -10,19 +10,26 @@ Interop contract (``drkonqi-spec.md`` §4.4-§4.7):
   ``DRKONQI_BACKEND=COREDUMPD`` and ``DRKONQI_METADATA_FILE``.
 - metadata file: DrKonqi 5 (Plasma 5.23-5.27) gets the KCrash INI with a ``[Journal]`` group of
   the entry's fields; DrKonqi 6 gets the v2 JSON record under ``drkonqi/crashes/`` with
-  ``drkonqi.PickedUp``.
+  ``drkonqi.PickedUp``. That record is also DrKonqi 6's own de-duplication (spec §4.4 step 4): a
+  record already there is never replaced, and one marked ``PickedUp`` means DrKonqi handled it.
+- process: a transient service of the user manager (``systemd-run --user``), not a child of ours,
+  so DrKonqi lives outside the launcher's sandbox and cgroup (see :func:`systemd_run_command`).
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 BACKEND = "COREDUMPD"
 HANDLER = "crashbroker-launcher"
+# Top-level key of the DrKonqi 6 records we write: tells ours from DrKonqi's own. DrKonqi reads
+# the keys it knows and keeps the others when it adds its own (``sentryEventId``).
+OWNER_KEY = "crashbroker"
 # Set by the service manager for the launcher itself; DrKonqi must not inherit them (it would
 # think it was socket-activated, or log into our journal stream).
 ACTIVATION_VARIABLES = frozenset(
@@ -144,6 +151,7 @@ def v6_metadata(groups: KCrashGroups, journal: Mapping[str, str], cursor: str) -
         "kcrash-complete": groups.complete,
         "journal": {**journal, "_DRKONQI_SD_CURSOR": cursor},
         "drkonqi": {"PickedUp": True},
+        OWNER_KEY: {"handler": HANDLER},
     }
     return json.dumps(doc, indent=4, ensure_ascii=False)
 
@@ -179,6 +187,9 @@ class Skip(enum.StrEnum):
     DRKONQI_SEEN = "DrKonqi already picked it up"
     RATE_LIMITED = "this signature was launched moments ago"
     NO_ARGUMENTS = "KCrash data names DrKonqi itself"
+    RECORD_EXISTS = "DrKonqi's record of it exists without PickedUp: left as it is"
+    RECORD_REFUSED = "DrKonqi's record of it is not a regular file: left as it is"
+    LAUNCHED_BEFORE = "crashbroker-launcher started DrKonqi for it before"
 
 
 def should_launch(
@@ -219,3 +230,164 @@ class RateLimit:
             return False
         self._last[key] = now
         return True
+
+
+class RecordAction(enum.Enum):
+    """What to do with DrKonqi 6's record of a crash (``drkonqi/crashes/<name>.ini``)."""
+
+    CREATE = "create"  # none there: write ours (exclusively: it may appear meanwhile)
+    REUSE = "reuse"  # ours, and a user asked again: start DrKonqi on it, unchanged
+
+
+def record_verdict(existing: bytes | None, *, explicit: bool) -> RecordAction | Skip:
+    """Decide on the record found at our record's name (``None``: nothing there).
+
+    A record is never replaced: DrKonqi 6's launcher and pickup service write theirs at the same
+    name, and one with ``drkonqi.PickedUp`` true means DrKonqi already handled the crash (its own
+    de-duplication, spec §4.4 step 4). One without ``PickedUp`` is DrKonqi's too (older builds,
+    or a pickup in progress): ours would overwrite what it wrote, so we step aside.
+
+    Args:
+        existing: the file's bytes, or None when there is no file at that name.
+        explicit: a user's ``Launch``; our own record is then started again as it is.
+    """
+    if existing is None:
+        return RecordAction.CREATE
+    try:
+        doc = json.loads(existing.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError):
+        return Skip.RECORD_EXISTS
+    if not isinstance(doc, dict):
+        return Skip.RECORD_EXISTS
+    owner = doc.get(OWNER_KEY)
+    if isinstance(owner, dict) and owner.get("handler") == HANDLER:
+        return RecordAction.REUSE if explicit else Skip.LAUNCHED_BEFORE
+    drkonqi = doc.get("drkonqi")
+    if isinstance(drkonqi, dict) and drkonqi.get("PickedUp") is True:
+        return Skip.DRKONQI_SEEN
+    return Skip.RECORD_EXISTS
+
+
+# ---- how DrKonqi's process is started ----------------------------------------------------------
+
+
+class StartVia(enum.StrEnum):
+    """How DrKonqi is started (``--start-via``)."""
+
+    AUTO = "auto"  # a transient service when the user manager is reachable, else a child
+    SERVICE = "service"  # a transient service of the user manager, or not at all
+    CHILD = "child"  # our own child (no service manager, or by choice)
+
+
+class Start(enum.Enum):
+    SERVICE = "transient service of the user manager"
+    CHILD = "child of crashbroker-launcher"
+
+
+# The slice DrKonqi's own drkonqi-coredump-launcher@.service uses, and where a desktop puts apps
+# (systemd.special(7)); systemd-run --user would otherwise use the root slice.
+SLICE = "app.slice"
+# systemd's desktop convention for units of launched apps: app-<launcher>-<app id>@<random>.service
+# (systemd.io/DESKTOP_ENVIRONMENTS); DrKonqi's application id is org.kde.drkonqi.
+UNIT_PREFIX = "app-crashbroker-org.kde.drkonqi@"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def choose_start(
+    via: StartVia, *, manager_socket: str, manager_running: bool, systemd_run: str | None
+) -> tuple[Start | None, str]:
+    """How to start DrKonqi now, and why (for the log).
+
+    Args:
+        via: the configured choice.
+        manager_socket: ``$XDG_RUNTIME_DIR/systemd/private`` ("" without ``XDG_RUNTIME_DIR``).
+        manager_running: that socket exists (a ``systemd --user`` is listening there).
+        systemd_run: the ``systemd-run`` command, or None when it is not installed.
+
+    Returns:
+        (``Start.SERVICE`` or ``Start.CHILD``, why) — or (None, why) when ``via`` is
+        ``service`` and no user manager can be asked: DrKonqi is then not started.
+    """
+    if via is StartVia.CHILD:
+        return Start.CHILD, "--start-via=child"
+    if not manager_socket:
+        why = "no user manager: XDG_RUNTIME_DIR is not set"
+    elif not manager_running:
+        why = f"no user manager: {manager_socket} does not exist"
+    elif systemd_run is None:
+        why = "systemd-run is not installed"
+    else:
+        return Start.SERVICE, f"user manager at {manager_socket}"
+    return (None if via is StartVia.SERVICE else Start.CHILD), why
+
+
+def unit_name(token: str) -> str:
+    """The transient unit's name; ``token`` is a random hex string (unique per launch)."""
+    return f"{UNIT_PREFIX}{token}.service"
+
+
+def _systemd_argument(arg: str) -> str:
+    # The manager expands $VAR and ${VAR} in ExecStart= arguments, also in those of a transient
+    # unit (systemd-run 252 has no --expand-environment=no); "$$" is its literal "$". KCrash
+    # values (a program name, an exception's text) may hold a "$".
+    return arg.replace("$", "$$")
+
+
+def _passable(name: str, value: str) -> bool:
+    # What systemd accepts in Environment=: a shell variable name and UTF-8 text. A value with
+    # undecodable bytes (a surrogate escape here) would make the manager refuse the whole unit.
+    if not _ENV_NAME.fullmatch(name):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def systemd_run_command(
+    systemd_run: str,
+    *,
+    unit: str,
+    description: str,
+    drkonqi: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str,
+) -> list[str] | None:
+    """The ``systemd-run`` command that starts DrKonqi as a transient service of the user manager.
+
+    Why a service, not ``--scope``: with ``--scope`` systemd-run forks the command itself and
+    only moves it into a new cgroup, so DrKonqi would keep the launcher's sandbox for good —
+    ``NoNewPrivileges`` and the seccomp filters (``SystemCallArchitectures=``,
+    ``RestrictSUIDSGID=``, ``LockPersonality=``) are inherited across fork and exec and cannot be
+    dropped, and so is ``UMask=0077`` — and pass it on to every application DrKonqi restarts. A
+    transient service is forked by the user manager, from its own clean context, like any app.
+
+    Properties: ``Type=exec`` (systemd-run returns once DrKonqi was exec'd, and fails if it
+    could not be), ``ExitType=cgroup`` (the unit stays until the application DrKonqi may restart
+    exits too, instead of killing it when DrKonqi exits), ``--collect`` (no failed unit left
+    behind), ``app.slice``. The environment is passed whole with ``--setenv``, as a child would
+    inherit it: the manager's own lacks ``DRKONQI_*`` and may lack the display variables.
+
+    Returns:
+        The command, or None when a variable DrKonqi cannot do without cannot be passed.
+    """
+    passed = {k: v for k, v in env.items() if _passable(k, v)}
+    if any(k not in passed for k in ("DRKONQI_BACKEND", "DRKONQI_METADATA_FILE")):
+        return None
+    command = [
+        systemd_run,
+        "--user",
+        "--quiet",
+        "--no-ask-password",
+        "--collect",
+        f"--unit={unit}",
+        f"--description={description}",
+        f"--slice={SLICE}",
+        "--service-type=exec",
+        "--property=ExitType=cgroup",
+        f"--working-directory={cwd}",
+    ]
+    command += [f"--setenv={k}={v}" for k, v in sorted(passed.items())]
+    return [*command, "--", drkonqi, *(_systemd_argument(a) for a in argv)]

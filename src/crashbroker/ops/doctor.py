@@ -1,20 +1,33 @@
-"""Gathers the facts ``crashbroker doctor`` judges (``domain/doctor.py``)."""
+"""Gathers the facts ``crashbroker doctor`` judges (``domain/doctor.py``): files, groups, the
+session bus, and the user manager through ``systemctl --user``."""
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import grp
 import os
 import pwd
 import shutil
+import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 from crashbroker.client import BrokerClient, ClientError, connect_bus
 from crashbroker.config import xdg_dir
-from crashbroker.domain.doctor import Facts
-from crashbroker.launcher import LIBEXEC_DIRS, detect_flavor, find_drkonqi
+from crashbroker.domain.doctor import (
+    DRKONQI_SOCKET,
+    KCRASH_DUMP_ONLY,
+    UNITS,
+    Facts,
+    UnitState,
+    parse_show_environment,
+    parse_unit_states,
+)
+from crashbroker.launcher import LIBEXEC_DIRS, detect_flavor, find_drkonqi, manager_socket
+from crashbroker.ops.install import Targets, ours
 
 JOURNAL_GROUPS = ("systemd-journal", "adm", "wheel")
 DRKONQI_SOCKET_WANTS = (
@@ -30,16 +43,133 @@ def _core_pattern() -> str | None:
         return None
 
 
-def _journal_readable() -> bool:
-    for path in glob.glob("/var/log/journal/*/system*.journal") + glob.glob(
-        "/run/log/journal/*/system*.journal"
-    ):
-        try:
-            with open(path, "rb"):
-                return True
-        except OSError:
-            continue
-    return False
+PERSISTENT_ROOT = Path("/var/log/journal")
+VOLATILE_ROOT = Path("/run/log/journal")
+KF5_KCRASH = "libKF5Crash.so.5"
+LIB_DIRS = ("/usr/lib/*-linux-gnu", "/usr/lib64", "/usr/lib")
+SYSTEMCTL_TIMEOUT_S = 10.0
+
+
+def _can_open(path: Path) -> bool:
+    try:
+        with path.open("rb"):
+            return True
+    except OSError:
+        return False
+
+
+def _machine_id() -> str | None:
+    try:
+        return Path("/etc/machine-id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalFacts:
+    """Where journald writes and what this user can open there (fields of ``Facts``)."""
+
+    journal_readable: bool
+    persistent_journal: str | None
+    volatile_journal: str | None
+    user_journal: str | None
+    user_journal_readable: bool
+
+
+def journal_facts(
+    uid: int,
+    machine_id: str | None,
+    persistent_root: Path = PERSISTENT_ROOT,
+    volatile_root: Path = VOLATILE_ROOT,
+) -> JournalFacts:
+    """Look at the journal directories as the calling user (permissions are the point)."""
+    pattern = machine_id or "*"
+    persistent = volatile = None
+    for d in sorted(persistent_root.glob(pattern)):
+        if (d / "system.journal").exists() or (d / f"user-{uid}.journal").exists():
+            persistent = d
+            break
+    for d in sorted(volatile_root.glob(pattern)):
+        if (d / "system.journal").exists():
+            volatile = d
+            break
+    systems = [d / "system.journal" for d in (persistent, volatile) if d is not None]
+    user = persistent / f"user-{uid}.journal" if persistent else None
+    if user is not None and not user.exists():
+        user = None
+    return JournalFacts(
+        journal_readable=any(_can_open(p) for p in systems if p.exists()),
+        persistent_journal=str(persistent) if persistent else None,
+        volatile_journal=str(volatile) if volatile else None,
+        user_journal=str(user) if user else None,
+        user_journal_readable=user is not None and _can_open(user),
+    )
+
+
+def find_kf5_kcrash(lib_dirs: tuple[str, ...] = LIB_DIRS) -> str | None:
+    """KF5's KCrash library, when installed (KF5 apps link it)."""
+    for pattern in lib_dirs:
+        for path in sorted(glob.glob(os.path.join(pattern, KF5_KCRASH))):
+            return path
+    return None
+
+
+def _systemctl(env: Mapping[str, str], *args: str) -> str:
+    """``systemctl --user ARGS`` against the user manager of ``env``; its standard output.
+
+    Raises:
+        OSError: systemctl is missing, failed (its message), or did not answer in time.
+    """
+    systemctl = shutil.which("systemctl", path=env.get("PATH")) or "/usr/bin/systemctl"
+    try:
+        done = subprocess.run(
+            [systemctl, "--user", *args],
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=SYSTEMCTL_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise OSError(f"no answer in {SYSTEMCTL_TIMEOUT_S:g} s") from exc
+    if done.returncode != 0:
+        raise OSError(done.stderr.strip() or f"systemctl exited with {done.returncode}")
+    return done.stdout
+
+
+def user_manager(env: Mapping[str, str]) -> str | None:
+    """The user manager's socket when one runs (``$XDG_RUNTIME_DIR/systemd/private``)."""
+    path = manager_socket(env)
+    return path if path and os.path.exists(path) else None
+
+
+def session_environment(env: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """The environment a desktop session gives its applications, and where it was read: the
+    user manager's (environment.d, ``set-environment``) when one runs, else ours."""
+    if user_manager(env) is None:
+        return dict(env), "this process's environment: no user manager"
+    try:
+        return parse_show_environment(_systemctl(env, "show-environment")), (
+            "systemctl --user show-environment"
+        )
+    except OSError as exc:
+        return dict(env), f"this process's environment: systemctl --user failed: {exc}"
+
+
+def unit_states(env: Mapping[str, str]) -> tuple[UnitState, ...]:
+    """Our units and DrKonqi's launcher socket as the user manager sees them.
+
+    Raises:
+        OSError: the user manager could not be asked.
+    """
+    props = "Id,LoadState,ActiveState,SubState,UnitFileState"
+    return parse_unit_states(_systemctl(env, "show", "-p", props, "--", *UNITS, DRKONQI_SOCKET))
+
+
+def kcrash_dropin(env: Mapping[str, str]) -> str | None:
+    """Our environment.d drop-in, when ``install --kcrash-dump-only`` wrote it."""
+    path = Targets.from_env(env).kcrash_dropin
+    return str(path) if ours(path) else None
 
 
 def _processor(env: Mapping[str, str]) -> str | None:
@@ -51,7 +181,7 @@ def _processor(env: Mapping[str, str]) -> str | None:
     return None
 
 
-def _drkonqi_launcher_enabled(env: Mapping[str, str]) -> str | None:
+def drkonqi_launcher_enabled(env: Mapping[str, str]) -> str | None:
     user_wants = xdg_dir(env, "XDG_CONFIG_HOME", ".config") / "systemd/user/sockets.target.wants"
     masked = xdg_dir(env, "XDG_CONFIG_HOME", ".config") / "systemd/user"
     for path in (*DRKONQI_SOCKET_WANTS, str(user_wants / "drkonqi-coredump-launcher.socket")):
@@ -77,6 +207,7 @@ def _writable(path: Path) -> bool:
 
 
 async def gather(env: Mapping[str, str], bus_address: str | None) -> Facts:
+    """Every fact doctor judges; a command that fails becomes a fact, never an exception."""
     uid = os.getuid()
     user = pwd.getpwuid(uid).pw_name
     mine = set(os.getgroups())
@@ -112,21 +243,42 @@ async def gather(env: Mapping[str, str], bus_address: str | None) -> Facts:
         finally:
             bus.disconnect()
     state_dir = xdg_dir(env, "XDG_STATE_HOME", ".local/state") / "crashbroker"
+    journal = await asyncio.to_thread(journal_facts, uid, _machine_id())
+    session_env, session_source = await asyncio.to_thread(session_environment, env)
+    manager = user_manager(env)
+    units: tuple[UnitState, ...] = ()
+    units_error = None
+    if manager is not None:
+        try:
+            units = await asyncio.to_thread(unit_states, env)
+        except OSError as exc:
+            units_error = str(exc)
     return Facts(
         core_pattern=_core_pattern(),
         uid=uid,
         user=user,
         journal_groups=tuple(groups),
-        journal_readable=_journal_readable(),
+        journal_readable=journal.journal_readable,
+        persistent_journal=journal.persistent_journal,
+        volatile_journal=journal.volatile_journal,
+        user_journal=journal.user_journal,
+        user_journal_readable=journal.user_journal_readable,
         coredumpctl=shutil.which("coredumpctl"),
         gdb=shutil.which("gdb"),
         coredump_processor=_processor(env),
         drkonqi=drkonqi,
         drkonqi_version=detect_flavor(drkonqi).value if drkonqi else None,
-        drkonqi_launcher_enabled=_drkonqi_launcher_enabled(env),
+        drkonqi_launcher_enabled=drkonqi_launcher_enabled(env),
         bus_error=bus_error,
         daemon_owner=owner,
         daemon_version=version,
         state_dir=str(state_dir),
         state_writable=_writable(state_dir),
+        kf5_kcrash=find_kf5_kcrash(),
+        session_env_source=session_source,
+        kcrash_dump_only=session_env.get(KCRASH_DUMP_ONLY),
+        kcrash_dropin=kcrash_dropin(env),
+        user_manager=manager,
+        units=units,
+        units_error=units_error,
     )

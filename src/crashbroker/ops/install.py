@@ -1,5 +1,6 @@
 """``crashbroker install``: the user units and the D-Bus activation file where a session finds
-them, with the absolute path of the installed commands filled in.
+them, with the absolute path of the installed commands filled in; with ``--kcrash-dump-only``
+also an ``environment.d`` drop-in setting ``KCRASH_DUMP_ONLY=1`` for the user's sessions.
 
 Files it writes carry a marker line; a file without it (the user's own, or a distribution's) is
 never overwritten or removed without ``--force``.
@@ -25,6 +26,18 @@ UNITS = (
     "crashbroker-cleanup.timer",
 )
 ACTIVATION = "org.kde.crashbroker1.service"
+# environment.d(5): read by the user manager when it starts; 60- sorts after distribution
+# defaults and leaves room for the user's own files after it.
+KCRASH_DROPIN = "60-crashbroker-kcrash.conf"
+KCRASH_DROPIN_TEXT = """\
+# Without it, KF5's KCrash starts DrKonqi itself from the crash handler and holds the application
+# without a core dump while DrKonqi waits: the crash reaches systemd-coredump, the journal and
+# crashbroker only if the user closes DrKonqi (then without its KCrash metadata), else never.
+# With it, KCrash only writes its metadata and dumps core;
+# crashbroker-launcher then starts DrKonqi for the crash (DrKonqi's own docs give the same
+# advice for its coredumpd mode). KF6's KCrash dumps by default when cores go to a pipe.
+KCRASH_DUMP_ONLY=1
+"""
 
 
 class InstallError(Exception):
@@ -60,13 +73,20 @@ def default_bindir() -> Path:
 class Targets:
     units: Path
     services: Path
+    environment: Path  # environment.d
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Targets:
+        config = xdg_dir(env, "XDG_CONFIG_HOME", ".config")
         return cls(
-            units=xdg_dir(env, "XDG_CONFIG_HOME", ".config") / "systemd" / "user",
+            units=config / "systemd" / "user",
             services=xdg_dir(env, "XDG_DATA_HOME", ".local/share") / "dbus-1" / "services",
+            environment=config / "environment.d",
         )
+
+    @property
+    def kcrash_dropin(self) -> Path:
+        return self.environment / KCRASH_DROPIN
 
     def files(self) -> list[tuple[str, Path]]:
         """(template relative to the data dir, destination)."""
@@ -87,6 +107,15 @@ def render(template: str, bindir: Path) -> str:
     return MARKER + "\n" + "\n".join(lines).replace("@BINDIR@", str(bindir)) + "\n"
 
 
+def render_kcrash_dropin() -> str:
+    return MARKER + "\n" + KCRASH_DROPIN_TEXT
+
+
+def ours(path: Path) -> bool:
+    """``path`` is a regular file that ``crashbroker install`` wrote (its first line)."""
+    return not path.is_symlink() and _ours(path)
+
+
 def _ours(path: Path) -> bool:
     try:
         with path.open(encoding="utf-8", errors="replace") as f:
@@ -95,8 +124,11 @@ def _ours(path: Path) -> bool:
         return False
 
 
-def install(targets: Targets, bindir: Path, *, force: bool = False) -> Result:
-    """Write every unit and the activation file; idempotent.
+def install(
+    targets: Targets, bindir: Path, *, force: bool = False, kcrash_dump_only: bool = False
+) -> Result:
+    """Write every unit and the activation file, and with ``kcrash_dump_only`` the
+    environment.d drop-in; idempotent.
 
     Raises:
         InstallError: a file we did not write is in the way (and not ``force``).
@@ -104,6 +136,8 @@ def install(targets: Targets, bindir: Path, *, force: bool = False) -> Result:
     source = data_dir()
     result = Result()
     plan = [(dest, render((source / tmpl).read_text(), bindir)) for tmpl, dest in targets.files()]
+    if kcrash_dump_only:
+        plan.append((targets.kcrash_dropin, render_kcrash_dropin()))
     for dest, _ in plan:
         if (dest.exists() or dest.is_symlink()) and not _ours(dest) and not force:
             raise InstallError(f"{dest} exists and was not written by crashbroker (use --force)")
@@ -120,8 +154,9 @@ def install(targets: Targets, bindir: Path, *, force: bool = False) -> Result:
 
 
 def uninstall(targets: Targets, *, force: bool = False) -> Result:
+    """Remove what ``install`` wrote (the drop-in too); files without the marker stay."""
     result = Result()
-    for _, dest in targets.files():
+    for dest in [d for _, d in targets.files()] + [targets.kcrash_dropin]:
         if dest.is_symlink() or (dest.exists() and (force or _ours(dest))):
             if dest.is_symlink() and not force:
                 continue
