@@ -173,7 +173,7 @@ class Session:
         proc = self.spawn(str(exe), "60", stdout=subprocess.DEVNULL)
         try:
             wait_until("the program to exec", lambda: _exe(proc.pid) == str(exe), 10)
-            wait_until("the program to sleep", lambda: _state(proc.pid) == "S", 10)
+            wait_until("the program to sleep", lambda: proc_state(proc.pid) == "S", 10)
             proc.send_signal(sig)
             proc.wait(10)
         finally:
@@ -213,7 +213,7 @@ def _exe(pid: int) -> str | None:
         return None
 
 
-def _state(pid: int) -> str | None:
+def proc_state(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from desktop_session import Session, Watcher, wait_until
+from conftest import COREDUMP_MESSAGE_ID, boot_id
+from desktop_session import DISPLAY, Session, Watcher, proc_state, wait_until
 
 pytestmark = [pytest.mark.rig, pytest.mark.timeout(600)]
 
@@ -230,3 +231,143 @@ def test_the_cleanup_timer_is_armed_and_its_service_runs(installed: Session):
     assert props["Result"] == "success", props
     assert props["ExecMainStatus"] == "0", props
     assert props["ExecMainStartTimestamp"], props
+
+
+# ---- KDE: KCrash, DrKonqi and crashbroker-launcher -------------------------------------------
+
+
+def handler_installed(pid: int, sig: int) -> bool:
+    """KCrash's handler is in place (``SigCgt``), and the main window exists (the icon cache is
+    mapped after KAboutData is set: a crash before gives an INI without the program's name)."""
+    try:
+        status = status_of(pid)
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+    return bool(int(status["SigCgt"], 16) & (1 << (sig - 1))) and "icon-cache.kcache" in maps
+
+
+def drkonqi_for(pid: int) -> int | None:
+    """The DrKonqi that KCrash started for ``pid`` (its child, from the crash handler)."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[0].endswith(b"/drkonqi") and str(pid).encode() in cmdline:
+            return int(child)
+    return None
+
+
+def test_kf5_without_kcrash_dump_only_holds_the_crash_back_behind_drkonqi(
+    installed: Session, watcher: Watcher
+):
+    """KF5's default on a desktop with DrKonqi installed, seen for real: KCrash starts the
+    system's DrKonqi itself, from the crash handler, and holds the app stopped meanwhile. No core
+    is dumped while it waits, so the crash is nowhere: not in the journal, not in the feed, and
+    crashbroker-launcher cannot start the one DrKonqi. doctor says so.
+
+    What ends the wait is the user: closing DrKonqi's dialog made the app dump (seen by hand,
+    with the KCrash INI removed by then, so the crash arrived late and without its metadata);
+    DrKonqi 5.27 shows that dialog only from its tray entry, which this session has no tray to
+    show, so here the app is ended as a logout ends it, and its crash never arrives."""
+    s = installed
+    assert "KCRASH_DUMP_ONLY" not in s.systemctl("show-environment").stdout
+    doctor = s.run("crashbroker", "doctor", check=False).stdout
+    assert any(
+        line.startswith("warn  kcrash-dump-only") and "bypass" in line
+        for line in doctor.splitlines()
+    ), doctor
+    # As an app of a desktop session starts: on the display, with the system's DrKonqi.
+    app = s.spawn(
+        "kronometer", env=s.env(DISPLAY=DISPLAY),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until("kronometer's KCrash handler", lambda: handler_installed(app.pid, 11), 60)
+        app.send_signal(signal.SIGSEGV)
+        drkonqi = wait_until("KCrash to start DrKonqi", lambda: drkonqi_for(app.pid), 30)
+        assert Path(f"/proc/{drkonqi}/exe").resolve() == Path(
+            "/usr/lib/x86_64-linux-gnu/libexec/drkonqi"
+        )
+        assert wait_until("the app to be held", lambda: proc_state(app.pid) == "T", 10)
+        ini = s.home / ".cache" / "kcrash-metadata" / f"{app.pid}.ini"
+        assert ini.exists()
+        # While DrKonqi waits the crash is nowhere: later crashes overtake it.
+        overtaking = s.crash_sleep()
+        watcher.detected(overtaking)
+        assert s.crash_of(app.pid) is None
+        assert not s.records_for(app.pid)  # our launcher was never asked
+        os.kill(drkonqi, signal.SIGTERM)
+        app.kill()
+        app.wait(30)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+    after = s.crash_sleep()
+    watcher.detected(after)
+    detected = [e["crash"]["pid"] for e in watcher.events if e["signal"] == "CrashDetected"]
+    assert detected == [overtaking, after]
+    assert s.crash_of(app.pid) is None
+    entries = subprocess.run(
+        ["journalctl", "-q", "-o", "cat", f"MESSAGE_ID={COREDUMP_MESSAGE_ID}",
+         f"COREDUMP_PID={app.pid}", f"_BOOT_ID={boot_id()}"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert entries == ""  # systemd-coredump never saw it
+    assert ini.exists()  # left behind, for crashbroker cleanup
+
+
+def test_kcrash_dump_only_drop_in_gives_one_drkonqi_from_our_launcher_outside_its_sandbox(
+    installed: Session, watcher: Watcher
+):
+    """``crashbroker install --kcrash-dump-only``: the session's apps dump at once, the crash
+    arrives with its KCrash metadata, and crashbroker-launcher starts DrKonqi once, as a
+    transient service of the user manager (not in the launcher's cgroup or sandbox), which a
+    restart of the launcher does not stop."""
+    s = installed
+    s.run("crashbroker", "install", "--kcrash-dump-only")
+    dropin = s.home / ".config" / "environment.d" / "60-crashbroker-kcrash.conf"
+    assert "KCRASH_DUMP_ONLY=1" in dropin.read_text()
+    s.systemctl("daemon-reload")  # the manager runs environment.d's generator again
+    try:
+        assert "KCRASH_DUMP_ONLY=1" in s.systemctl("show-environment").stdout
+        doctor = s.run("crashbroker", "doctor", check=False).stdout
+        assert any(line.startswith("  ok  kcrash-dump-only") for line in doctor.splitlines()), (
+            doctor
+        )
+        # An app started by the session (the user manager), with the session's environment.
+        unit = f"cb-kronometer-{os.getpid()}"
+        s.run(
+            "systemd-run", "--user", "--quiet", "--collect", f"--unit={unit}",
+            "--setenv=QT_QPA_PLATFORM=offscreen", "kronometer",
+        )  # fmt: skip
+        pid = wait_until("kronometer's pid", lambda: s.main_pid(f"{unit}.service"), 30)
+        wait_until("kronometer's KCrash handler", lambda: handler_installed(pid, 11), 60)
+        os.kill(pid, signal.SIGSEGV)
+        crash = watcher.detected(pid, 60)
+        assert crash["kcrash"]["programname"] == "Kronometer"
+        [record] = wait_until("DrKonqi's start", lambda: s.records_for(pid), 30)
+        assert "DRKONQI_BACKEND=COREDUMPD" in record
+        assert f"--pid {pid}" in record
+        assert "app-crashbroker-org.kde.drkonqi@" in record  # its own unit's cgroup
+        assert "crashbroker-launcher" not in record.split("cgroup:")[1].splitlines()[0]
+        assert "NoNewPrivs:\t0" in record  # not the launcher's sandbox
+        assert "Seccomp:\t0" in record
+        drkonqi = int(record.split("pid: ")[1].split()[0])
+
+        old = s.main_pid("crashbroker-launcher.service")
+        s.systemctl("restart", "crashbroker-launcher.service")
+        assert s.main_pid("crashbroker-launcher.service") not in (0, old)
+        assert proc_state(drkonqi) is not None  # the DrKonqi window is still open
+        claimed = s.crash_of(pid)
+        assert claimed is not None and claimed["state"] == "claimed"
+        # Once: a later crash settles the launcher's work; still one DrKonqi for this crash.
+        later = s.crash_sleep()
+        watcher.detected(later)
+        assert len(s.records_for(pid)) == 1
+    finally:
+        s.run("rm", "-f", str(dropin))
+        s.systemctl("daemon-reload")
+        s.systemctl("unset-environment", "KCRASH_DUMP_ONLY")
