@@ -48,6 +48,14 @@ def test_units_are_enabled_active_and_sandboxed(installed: Session):
         assert props["ActiveState"] == "active", (unit, props)
         assert props["UnitFileState"] == "enabled", (unit, props)
         assert props["FragmentPath"].startswith(f"{s.home}/.config/systemd/user/"), props
+    # doctor tells the truth here: the journal needs no group, every unit is up.
+    doctor = s.run("crashbroker", "doctor", check=False).stdout.splitlines()
+    journal = next(line for line in doctor if line.split()[1:2] == ["journal"])
+    assert journal.startswith("  ok") and "no group needed" in journal, journal
+    for unit in ("crashbroker.service", "crashbroker-launcher.service",
+                 "crashbroker-notifier.service", "crashbroker-cleanup.timer"):  # fmt: skip
+        line = next(line for line in doctor if line.split()[1:2] == [unit])
+        assert line.startswith("  ok") and "active (enabled)" in line, line
     daemon = status_of(s.main_pid())
     assert daemon["Uid"].split()[0] == str(s.uid)
     assert daemon["NoNewPrivs"] == "1"
