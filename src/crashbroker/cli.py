@@ -27,6 +27,7 @@ from crashbroker import __version__
 from crashbroker.adapters.dbus_names import BUS_NAME
 from crashbroker.client import BrokerClient, ClientError, connect_bus
 from crashbroker.domain.cursor import CatchUp
+from crashbroker.domain.text import escape_for_terminal
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -38,24 +39,29 @@ def _fmt_time(usec: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(usec / 1_000_000))
 
 
+# Everything printed for people goes through escape_for_terminal: exe paths, hostnames, command
+# lines, KCrash values and gdb output come from whoever crashed (or uploaded the entry), and an
+# escape sequence in them would reach the terminal (OSC 52 writes the clipboard). JSON output
+# stays exact: json.dumps escapes control characters itself.
+
+
 def print_table(crashes: list[dict[str, Any]], out: TextIO) -> None:
     if not crashes:
         print("No crashes.", file=out)
         return
-    rows = [("ID", "TIME", "PID", "SIGNAL", "APP", "EXE", "STATE", "KCRASH")]
+    rows: list[tuple[str, ...]] = [("ID", "TIME", "PID", "SIGNAL", "APP", "EXE", "STATE", "KCRASH")]
     for c in crashes:
-        rows.append(
-            (
-                c["id"],
-                _fmt_time(c["timestamp"]),
-                str(c["pid"]),
-                c["signal_name"],
-                c["app_name"],
-                c["exe"],
-                c["state"] + (" (past)" if c["past"] else ""),
-                "yes" if c["kcrash_source"] else "-",
-            )
+        row = (
+            c["id"],
+            _fmt_time(c["timestamp"]),
+            str(c["pid"]),
+            c["signal_name"],
+            c["app_name"],
+            c["exe"],
+            c["state"] + (" (past)" if c["past"] else ""),
+            "yes" if c["kcrash_source"] else "-",
         )
+        rows.append(tuple(escape_for_terminal(v) for v in row))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip(), file=out)
@@ -81,15 +87,17 @@ def print_crash(c: dict[str, Any], out: TextIO) -> None:
     ]
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
-        print(f"{k.rjust(width)}: {v}", file=out)
+        print(f"{k.rjust(width)}: {escape_for_terminal(v)}", file=out)
     if c["kcrash"]:
         # KF5 (v1 files) never writes [KCrashComplete]; only a v2 file without it is incomplete.
         incomplete = not c["kcrash_complete"] and c["kcrash_source"] == "kcrash-v2"
         source = c["kcrash_source"] + (", incomplete" if incomplete else "")
-        print(f"{'KCrash'.rjust(width)}: ({source}) {c['metadata_path']}", file=out)
+        path = escape_for_terminal(c["metadata_path"])
+        print(f"{'KCrash'.rjust(width)}: ({source}) {path}", file=out)
         for k, v in sorted(c["kcrash"].items()):
             filled = " (from journal)" if k in c["kcrash_filled"] else ""
-            print(f"{'':>{width}}  {k}={v}{filled}", file=out)
+            pair = escape_for_terminal(f"{k}={v}")
+            print(f"{'':>{width}}  {pair}{filled}", file=out)
 
 
 async def client_main(args: argparse.Namespace) -> int:
@@ -168,15 +176,17 @@ async def cmd_backtrace(client: BrokerClient, args: argparse.Namespace) -> int:
     crash_id = await client.resolve(args.id)
     crash = await client.get_crash(crash_id)
     call = asyncio.ensure_future(client.backtrace(crash_id))
+    exe = escape_for_terminal(crash["exe"])
     if not crash["backtrace_available"] and sys.stderr.isatty():
-        await _progress(call, f"crashbroker: running gdb on the core of {crash['exe']}")
+        await _progress(call, f"crashbroker: running gdb on the core of {exe}")
     elif not crash["backtrace_available"]:
-        print(f"crashbroker: running gdb on the core of {crash['exe']}…", file=sys.stderr)
+        print(f"crashbroker: running gdb on the core of {exe}…", file=sys.stderr)
     text = await call
     if args.json:
         _print_json({"id": crash_id, "backtrace": text})
     else:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        text = escape_for_terminal(text.removesuffix("\n"), keep_newlines=True)
+        sys.stdout.write(text + "\n")
     return EXIT_OK
 
 

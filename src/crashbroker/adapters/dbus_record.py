@@ -8,6 +8,7 @@ from typing import Any
 from dbus_fast import Variant
 
 from crashbroker.domain.model import Crash
+from crashbroker.domain.text import TIMESTAMP_LIMIT, U32_MAX, dbus_string_ok
 
 # key -> (D-Bus signature, getter); the order is the documented order of the record.
 _FIELDS: dict[str, tuple[str, Any]] = {
@@ -39,6 +40,8 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "kcrash_source": ("s", lambda c: c.kcrash_source),
     "kcrash_filled": ("as", lambda c: list(c.kcrash_filled)),
     "metadata_path": ("s", lambda c: c.metadata_path),
+    "metadata_dev": ("t", lambda c: c.metadata_dev),
+    "metadata_ino": ("t", lambda c: c.metadata_ino),
     "app_name": ("s", lambda c: c.app_name),
     "bug_address": ("s", lambda c: c.bug_address),
     "state": ("s", lambda c: c.state.value),
@@ -88,6 +91,49 @@ def to_record(crash: Crash, keys: Iterable[str] | None = None) -> dict[str, Vari
     """The crash (or only ``keys`` of it) as ``a{sv}``."""
     wanted = RECORD_KEYS if keys is None else keys
     return {k: Variant(_FIELDS[k][0], _FIELDS[k][1](crash)) for k in wanted}
+
+
+def _sendable(sig: str, value: Any) -> bool:
+    if sig == "s":
+        return dbus_string_ok(value)
+    if sig == "u":
+        return bool(0 <= value <= U32_MAX)
+    if sig == "t":  # the store keeps these as signed 64-bit integers: half of 't'
+        return bool(0 <= value < TIMESTAMP_LIMIT)
+    if sig == "as":
+        return all(map(dbus_string_ok, value))
+    if sig == "a{ss}":
+        return all(dbus_string_ok(k) and dbus_string_ok(v) for k, v in value.items())
+    return sig == "b"
+
+
+_STRINGS = tuple(get for sig, get in _FIELDS.values() if sig == "s")
+_NUMBERS = tuple(
+    (get, U32_MAX + 1 if sig == "u" else TIMESTAMP_LIMIT)
+    for sig, get in _FIELDS.values()
+    if sig in ("u", "t")
+)
+_OTHERS = {k: (sig, get) for k, (sig, get) in _FIELDS.items() if sig not in ("s", "u", "t", "b")}
+
+
+def unsendable(crash: Crash) -> str | None:
+    """The first key of the crash's record whose value cannot be sent (a string with NUL or a
+    lone surrogate, a number out of its type's range), or None when the whole record can be.
+
+    dbus-fast's marshaller and :mod:`~crashbroker.adapters.dbus_wire` encode a NUL without a
+    complaint, and dbus-daemon then drops the connection; so this checks, not marshals.
+    """
+    # Every crash of a catch-up passes here: its strings are checked at once (5 µs a crash
+    # here, 8 µs key by key: 30 ms of a 10,000-crash catch-up); a failing crash is then
+    # looked at key by key to name the key.
+    text = "".join([get(crash) for get in _STRINGS])
+    ok = dbus_string_ok(text) and all(0 <= get(crash) < end for get, end in _NUMBERS)
+    if ok and all(_sendable(sig, get(crash)) for sig, get in _OTHERS.values()):
+        return None
+    for key, (sig, get) in _FIELDS.items():
+        if not _sendable(sig, get(crash)):
+            return key
+    return None  # pragma: no cover - the checks above and this loop agree
 
 
 def list_items(crash: Crash) -> list[tuple[str, str, Any]]:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from crashbroker.domain.model import COREDUMP_MESSAGE_ID, CoredumpEntry, KCrashLib
+from crashbroker.domain.text import TIMESTAMP_LIMIT, U32_MAX, clean_text, dbus_string_ok
 
 JournalFields = Mapping[str, str]
 
@@ -36,6 +37,9 @@ _CORE_NAME = re.compile(
 MAX_TEXT = 4096
 MAX_PATH = 4096
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+# A journal number: decimal ASCII digits only (int() would also take "1_000", "+5" and other
+# scripts' digits), and few enough of them that parsing stays cheap.
+_DECIMAL = re.compile(r"-?[0-9]{1,40}")
 # "/usr/lib/…/libKF5Crash.so.5.103.0" in the maps, "(libKF5Crash.so.5 + 0x583d)" in the trace.
 _KF5_CRASH = re.compile(r"\blibKF5Crash\.so")
 _KF6_CRASH = re.compile(r"\blibKF6Crash\.so")
@@ -45,7 +49,9 @@ class Verdict(enum.Enum):
     ACCEPT = "accept"
     FORGED = "forged"  # not written by systemd-coredump
     OTHER_USER = "other-user"  # a real crash of a user this daemon does not serve
-    MALFORMED = "malformed"  # written by systemd-coredump but missing what identifies a crash
+    # written by systemd-coredump (or so it says) but missing what identifies a crash, or with a
+    # field no real crash has (a number out of range, a NUL in a name)
+    MALFORMED = "malformed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +101,20 @@ def _int(fields: JournalFields, key: str) -> int | None:
     raw = fields.get(key)
     if raw is None:
         return None
-    try:
-        return int(raw.strip())
-    except ValueError:
-        return None
+    raw = raw.strip()
+    return int(raw) if _DECIMAL.fullmatch(raw) else None
 
 
 def _text(fields: JournalFields, key: str, cap: int = MAX_TEXT) -> str:
-    return fields.get(key, "")[:cap]
+    """Free text (shown, never matched on): capped and cleaned (:func:`clean_text`)."""
+    return clean_text(fields.get(key, "")[:cap])
+
+
+def _name(fields: JournalFields, key: str, cap: int | None = None) -> str | None:
+    """An identifying field, capped but otherwise exact; None when it cannot be a D-Bus string
+    (a NUL: no real systemd-coredump entry has one in these fields)."""
+    value = fields.get(key, "")[:cap]
+    return value if dbus_string_ok(value) else None
 
 
 def written_by_coredump(fields: JournalFields, writer_uids: frozenset[int]) -> bool:
@@ -261,7 +273,7 @@ def kcrash_lib_from(*texts: str) -> KCrashLib:
 
 
 def signal_name(number: int, given: str) -> str:
-    if given.startswith("SIG") and given[3:].isalnum():
+    if given.startswith("SIG") and given.isascii() and given[3:].isalnum() and len(given) <= 16:
         return given
     try:
         return _signal.Signals(number).name
@@ -279,6 +291,13 @@ def classify(
     regular user (:func:`_regular_user_trusted`, which may need ``core``: the facts about the
     file :func:`core_to_check` names).
 
+    Every field kept is validated, so that every accepted entry can be stored and sent: pid, uid,
+    gid and signal fit D-Bus 'u' (pid > 0), timestamps are in (0, 2**63); identifying strings
+    (exe, comm, core file, cursor, machine id) with a NUL make the entry MALFORMED, free text
+    (hostname, command line, units) has its control characters replaced
+    (:func:`~crashbroker.domain.text.clean_text`). So every string of the entry is a valid
+    D-Bus string (:func:`~crashbroker.domain.text.dbus_string_ok`).
+
     Returns:
         ``(Verdict.ACCEPT, entry)`` or ``(other verdict, None)``. Never raises on bad input.
     """
@@ -293,39 +312,59 @@ def classify(
         return Verdict.FORGED, None
     pid = _int(fields, "COREDUMP_PID")
     uid = _int(fields, "COREDUMP_UID")
+    gid = _int(fields, "COREDUMP_GID") if "COREDUMP_GID" in fields else 0
     sig = _int(fields, "COREDUMP_SIGNAL")
     timestamp = _int(fields, "COREDUMP_TIMESTAMP")
+    realtime = _int(fields, "__REALTIME_TIMESTAMP") if "__REALTIME_TIMESTAMP" in fields else None
     boot_id = fields.get("_BOOT_ID", "").replace("-", "").lower()
-    cursor = fields.get("__CURSOR", "")
+    # Fields that identify the crash, name files, or are matched against KCrash files are kept
+    # exactly as the journal has them — a path may hold any byte but NUL, so a program named
+    # with escape sequences is still that program (its name is escaped only when printed) — and
+    # an entry whose identifying fields cannot be sent is refused. Free text (hostname, command
+    # line, units) is only shown: its control characters are replaced, and the entry kept.
+    cursor = _name(fields, "__CURSOR")
+    exe = _name(fields, "COREDUMP_EXE", MAX_PATH)
+    comm = _name(fields, "COREDUMP_COMM", 64)
+    core_filename = _name(fields, "COREDUMP_FILENAME", MAX_PATH)
+    machine_id = _name(fields, "_MACHINE_ID", 64)
+    # The numbers must fit their D-Bus types (pid, uid, gid, signal: 'u'); timestamps must be
+    # after 1970 and fit the store's signed 64-bit integers.
     if (
         pid is None
-        or pid <= 0
+        or not 0 < pid <= U32_MAX
         or uid is None
-        or uid < 0
+        or not 0 <= uid <= U32_MAX
+        or gid is None
+        or not 0 <= gid <= U32_MAX
         or sig is None
+        or not 0 <= sig <= U32_MAX
         or timestamp is None
-        or timestamp <= 0  # no crash before 1970; the store orders by it as a positive number
+        or not 0 < timestamp < TIMESTAMP_LIMIT
+        or (realtime is not None and not 0 < realtime < TIMESTAMP_LIMIT)
         or not _HEX32.fullmatch(boot_id)
         or not cursor
+        or exe is None
+        or comm is None
+        or core_filename is None
+        or machine_id is None
     ):
         return Verdict.MALFORMED, None
     if policy.own_uid is not None and uid != policy.own_uid:
         return Verdict.OTHER_USER, None
-    core_filename = _text(fields, "COREDUMP_FILENAME", MAX_PATH)
     entry = CoredumpEntry(
         cursor=cursor,
-        realtime=_int(fields, "__REALTIME_TIMESTAMP") or timestamp,
+        realtime=realtime or timestamp,
         boot_id=boot_id,
-        machine_id=fields.get("_MACHINE_ID", "").replace("-", "").lower()[:32],
+        machine_id=machine_id.replace("-", "").lower()[:32],
         hostname=_text(fields, "COREDUMP_HOSTNAME") or _text(fields, "_HOSTNAME"),
         pid=pid,
         uid=uid,
-        gid=_int(fields, "COREDUMP_GID") or 0,
+        gid=gid,
         signal=sig,
         signal_name=signal_name(sig, fields.get("COREDUMP_SIGNAL_NAME", "")),
         timestamp=timestamp,
-        exe=_text(fields, "COREDUMP_EXE", MAX_PATH),
-        comm=_text(fields, "COREDUMP_COMM", 64),
+        exe=exe,
+        comm=comm,
         cmdline=_text(fields, "COREDUMP_CMDLINE"),
         unit=_text(fields, "COREDUMP_UNIT", 256),
         user_unit=_text(fields, "COREDUMP_USER_UNIT", 256),
