@@ -1,4 +1,4 @@
-"""Backtraces with the real coredumpctl and gdb (real cores of real crashes), and crash loops
+"""Backtraces with the real gdb (real cores of real crashes), and crash loops
 folded into one evolving event."""
 
 from __future__ import annotations
@@ -243,6 +243,8 @@ async def test_crashes_further_apart_than_the_window_are_separate_events(
 async def test_gdb_output_is_capped(daemon: Daemon):
     """The adapter alone, on a real core: a runaway trace keeps its head and says it was cut."""
     from crashbroker.adapters.backtrace import BacktraceLimits, GdbBacktracer
+    from crashbroker.config import coredump_writer_uids
+    from crashbroker.domain.entry import TrustPolicy
 
     await start_local(daemon)
     pid = await crash_sleep()
@@ -253,6 +255,8 @@ async def test_gdb_output_is_capped(daemon: Daemon):
     await daemon.stop()
     stored = CrashStore(daemon.tmp / "state" / "crashbroker" / "crashes.sqlite").get(crash["id"])
     assert stored is not None
-    capped = await GdbBacktracer(limits=BacktraceLimits(max_bytes=300)).backtrace(stored.entry)
+    policy = TrustPolicy(writer_uids=coredump_writer_uids(), own_uid=None)
+    tracer = GdbBacktracer(policy=policy, limits=BacktraceLimits(max_bytes=300))
+    capped = await tracer.backtrace(stored.entry)
     assert capped.startswith(full[:300])
     assert capped.endswith("[crashbroker: output cut at 300 bytes]\n")
