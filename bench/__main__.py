@@ -240,6 +240,51 @@ async def storm(args: argparse.Namespace) -> None:
     )
 
 
+def maps_text(size: int) -> bytes:
+    """``size`` bytes of /proc/PID/maps-like lines (compressible like real maps)."""
+    lines = (
+        f"7f{i:010x}000-7f{i:010x}fff r-xp 00000000 fe:01 {1000 + i} "
+        f"/usr/lib/x86_64-linux-gnu/libmodule{i % 997}.so.{i % 7}\n".encode()
+        for i in range(size // 60)
+    )
+    return b"".join(lines)[:size]
+
+
+async def memory(args: argparse.Namespace) -> None:
+    """Peak RSS of a catch-up of 64 coredump entries, with their usual small fields and with
+    4 MB ``COREDUMP_PROC_MAPS`` and ``COREDUMP_PROC_MOUNTINFO`` (issue 14: 541 MB before)."""
+    big = maps_text(4 << 20)
+    kf5 = b"7f1c2d000000-7f1c2d001000 r-xp 00000000 fe:01 42 /usr/lib/libKF5Crash.so.5.103.0\n"
+    peaks: dict[bool, float] = {}
+    for with_big in (False, True):
+        work = Work()
+        rj = Remote(work.dir / "journal")
+        entries = Entries()
+        for _ in range(8):
+            chunk = [entries.coredump() for _ in range(8)]
+            if with_big:
+                for e in chunk:  # a copy of its own for each entry (journald stores one once)
+                    e["COREDUMP_PROC_MAPS"] = e["COREDUMP_PID"] + b"\n" + big + kf5
+                    e["COREDUMP_PROC_MOUNTINFO"] = e["COREDUMP_PID"] + b"\n" + big
+            rj.append(chunk)
+        rj.close()
+        bus, daemon, client = await setup(
+            work, f"--journal-dir={rj.directory}", "--grace-ms=0", "--loop-window=0"
+        )
+        indexed = len(await client.call("ListCrashes", "a{sv}", [{}]))
+        status = daemon.status()
+        daemon.stop()
+        bus.close()
+        work.close()
+        peaks[with_big] = status["VmHWM"] / 1024
+        label = "4 MB maps and mountinfo each" if with_big else "small fields (~15 KB)"
+        row(
+            f"peak RSS, catch-up of 64 entries with {label}",
+            f"{peaks[with_big]:.1f} MiB ({indexed} crashes)",
+            f"small fields: {peaks[False]:.1f} MiB" if with_big else "",
+        )
+
+
 def catchup_data(total: int, crashes: int) -> Path:
     """A journal directory of ``total`` entries, ``crashes`` of them coredumps (cached)."""
     directory = DATA / f"catchup-{total}-{crashes}"
@@ -496,6 +541,7 @@ async def backtrace(args: argparse.Namespace) -> None:
 FIGURES: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "latency": latency,
     "storm": storm,
+    "memory": memory,
     "catchup": catchup_and_queries,
     "backtrace": backtrace,
 }

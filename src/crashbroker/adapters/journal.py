@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -53,32 +54,89 @@ def field_text(value: Any) -> str:
     return str(value)
 
 
-def _next_fields(reader: Any) -> dict[str, str] | None:
-    """The next entry's fields as text, or None at the end.
+# The fields the daemon reads (domain/entry.py: classify, core_to_check; the broker's log lines).
+# Everything else systemd-coredump logs (the process's status, limits, mountinfo, environment,
+# open fds, auxv, package notes…) is dropped as soon as it is read: a batch kept every field of
+# every entry, and 64 entries with 4 MB maps and mountinfo held 541 MB (docs/reliability.md).
+# tests/integration/test_big_fields.py checks that classify reads nothing outside this set.
+USED_FIELDS = frozenset(
+    {
+        "MESSAGE_ID", "_UID", "_EXE", "_SYSTEMD_UNIT", "_BOOT_ID", "_MACHINE_ID", "_HOSTNAME",
+        "COREDUMP_PID", "COREDUMP_UID", "COREDUMP_GID", "COREDUMP_SIGNAL", "COREDUMP_SIGNAL_NAME",
+        "COREDUMP_TIMESTAMP", "COREDUMP_EXE", "COREDUMP_COMM", "COREDUMP_CMDLINE",
+        "COREDUMP_HOSTNAME", "COREDUMP_UNIT", "COREDUMP_USER_UNIT", "COREDUMP_FILENAME",
+        "COREDUMP_TRUNCATED", "COREDUMP_PROC_MAPS", "MESSAGE",
+    }
+)  # fmt: skip
+# Read only to find which KCrash library the process had (domain/entry.py, kcrash_lib_from):
+# above this size, only the text around each "libKF5Crash.so"/"libKF6Crash.so" is kept.
+SCANNED_FIELDS = ("COREDUMP_PROC_MAPS", "MESSAGE")
+SCANNED_KEEP = 64 * 1024
+_KCRASH_LIB = re.compile(rb"libKF[56]Crash\.so")
+_KCRASH_CONTEXT = 16  # bytes kept before each name: the character before it decides its \b
+_KCRASH_MAX_HITS = 64
+# A batch ends when the fields read for it pass this many bytes, not only at DEFAULT_BATCH
+# entries: what a batch holds is bounded, and the loop runs between batches of big entries.
+BATCH_BYTES = 8 << 20
 
-    ``Reader.get_next()`` runs a Python converter for every field of every entry, which was a
-    third of a catch-up's time; the C methods beneath it (systemd-python's ``_Reader``, stable
-    since v220) hand out bytes, decoded here once. A core stored in the journal (``COREDUMP``) is
-    binary and never shown: only its presence is kept.
+
+def kcrash_excerpt(value: bytes) -> bytes:
+    """The parts of a long maps or stack-trace field that can name a KCrash library.
+
+    Every ``libKF5Crash.so``/``libKF6Crash.so`` (the first :data:`_KCRASH_MAX_HITS`) with
+    :data:`_KCRASH_CONTEXT` bytes before it, one per line: ``kcrash_lib_from`` finds in the
+    excerpt what it finds in the whole value (a name's word boundary depends only on the
+    character just before it, which is kept; a line break is not a word character).
+    """
+    return b"\n".join(
+        value[max(0, m.start() - _KCRASH_CONTEXT) : m.end()]
+        for m, _ in zip(_KCRASH_LIB.finditer(value), range(_KCRASH_MAX_HITS), strict=False)
+    )
+
+
+def _next_fields(reader: Any) -> tuple[dict[str, str], int] | None:
+    """The next entry's fields as text, and the bytes read for it; None at the end.
+
+    Only :data:`USED_FIELDS` are kept (and :data:`SCANNED_FIELDS` cut to what can name a
+    KCrash library). ``Reader.get_next()`` runs a Python converter for every field of every
+    entry, which was a third of a catch-up's time; the C method beneath it (systemd-python's
+    ``_Reader._get_all``, stable since v220) hands out bytes, and only the kept ones are decoded.
+    ``_get_all`` still copies every field whole: the reader's ``data_threshold`` (64 KiB by
+    default) cut nothing here (libsystemd 252, zstd-compressed journal-remote fields: measured),
+    and asking for the used fields one by one (``_get``) walks the entry's fields each time: ten
+    times slower (docs/performance.md). A core stored in the journal (``COREDUMP``) is binary
+    and never shown: only its presence is kept.
     """
     if not reader._next(1):
         return None
     raw = reader._get_all()
-    core = raw.pop("COREDUMP", None)
-    fields = {
-        k: v.decode("utf-8", errors="replace") if type(v) is bytes else field_text(v)
-        for k, v in raw.items()
-    }
-    # A field logged more than once comes as a list (its first value kept above); the trust
-    # filter must know, since systemd-coredump never repeats one (domain/entry.py).
-    repeated = [k for k, v in raw.items() if type(v) is list]
+    size = 0
+    fields: dict[str, str] = {}
+    repeated: list[str] = []
+    for key, value in raw.items():
+        if type(value) is list:
+            # A field logged more than once (its first value kept); the trust filter must know,
+            # since systemd-coredump never repeats one (domain/entry.py).
+            repeated.append(key)
+            size += sum(len(v) for v in value if type(v) is bytes)
+            value = value[0] if value else b""
+        elif type(value) is bytes:
+            size += len(value)
+        if key not in USED_FIELDS:
+            continue
+        if type(value) is bytes:
+            if len(value) > SCANNED_KEEP and key in SCANNED_FIELDS:
+                value = kcrash_excerpt(value)
+            fields[key] = value.decode("utf-8", errors="replace")
+        else:
+            fields[key] = field_text(value)
     if repeated:
         fields[REPEATED] = ",".join(repeated)
-    if core is not None:
+    if "COREDUMP" in raw:
         fields["COREDUMP"] = ""
     fields["__REALTIME_TIMESTAMP"] = str(reader._get_realtime())
     fields["__CURSOR"] = reader._get_cursor()
-    return fields
+    return fields, size
 
 
 class JournalSource:
@@ -90,6 +148,7 @@ class JournalSource:
         cursor: a position stored by a previous run; reading resumes right after it.
         catch_up: where to begin when ``cursor`` is None.
         batch: most entries per :class:`JournalBatch`.
+        batch_bytes: a batch ends once the fields read for it pass this many bytes.
     """
 
     def __init__(
@@ -99,11 +158,13 @@ class JournalSource:
         cursor: str | None = None,
         catch_up: CatchUp = CatchUp.BOOT,
         batch: int = DEFAULT_BATCH,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self._directory = directory
         self._cursor = cursor
         self._catch_up = catch_up
         self._batch = batch
+        self._batch_bytes = batch_bytes
         self._reader: Any = None
         self._skip_cursor: str | None = None
         self._position: str | None = cursor
@@ -199,10 +260,13 @@ class JournalSource:
     def _read_batch(self) -> JournalBatch:
         reader = self._reader
         entries: list[dict[str, str]] = []
-        while len(entries) < self._batch:
-            raw = _next_fields(reader)
-            if raw is None:
+        size = 0
+        while len(entries) < self._batch and size < self._batch_bytes:
+            read = _next_fields(reader)
+            if read is None:
                 return JournalBatch(entries, at_end=True, position=self._position)
+            raw, entry_bytes = read
+            size += entry_bytes
             if self._skip_cursor is not None:
                 skip, self._skip_cursor = self._skip_cursor, None
                 if reader.test_cursor(skip):
