@@ -555,6 +555,15 @@ def write_ini(path: Path, text: str) -> Path:
     return path
 
 
+def written_at_crash(path: Path, entry: export_format.Entry) -> Path:
+    """Give a KCrash INI the mtime KCrash's would have: the crash's COREDUMP_TIMESTAMP (it is
+    written in the signal handler, just before the dump). A KF5 ``<pid>.ini`` from any other
+    time is refused as another crash's."""
+    ns = int(entry["COREDUMP_TIMESTAMP"]) * 1000
+    os.utime(path, ns=(ns, ns), follow_symlinks=False)
+    return path
+
+
 def variant_filter(**kw: Any) -> dict[str, Variant]:
     sigs = {bool: "b", str: "s", int: "t"}
     out = {}

@@ -105,6 +105,7 @@ class Stats:
     forged: int = 0
     other_user: int = 0
     malformed: int = 0
+    invalid: int = 0  # entries or crashes that failed in handling, or could not be sent: skipped
     already_known: int = 0
     published: int = 0
     with_metadata: int = 0
@@ -146,12 +147,15 @@ class Broker:
             forged.
         correlator: the correlation state machine.
         loops: the loop policy (bursts fold into one event).
-        backtracer: runs coredumpctl + gdb; None answers GetBacktrace with NotSupported.
+        backtracer: reads the core and runs gdb; None answers GetBacktrace with NotSupported.
         restored_states: states salvaged from a damaged store, applied when the rebuild from
             the journal meets those crashes again (a dismissed crash stays dismissed, quietly).
         monotonic: µs clock for deadlines.
         wall: µs wall clock for ``detected`` stamps.
         started: ``monotonic`` when the daemon started (default: now), for ``catch_up_us``.
+        unsendable: the first record key of a crash that could not be sent (nor stored), or
+            None; such a crash is skipped and counted as ``invalid``. Entries are validated in
+            the domain, so this is the last check before the store (the D-Bus record's).
     """
 
     def __init__(
@@ -168,8 +172,10 @@ class Broker:
         backtracer: Backtracer | None = None,
         restored_states: Mapping[str, CrashState] | None = None,
         started: int | None = None,
+        unsendable: Callable[[Crash], str | None] = lambda _crash: None,
     ) -> None:
         self._store = store
+        self._unsendable = unsendable
         self._metadata = metadata
         self._policy = policy
         self._inspect_core = inspect_core
@@ -225,31 +231,15 @@ class Broker:
         effects: list[Effect] = []
         for fields_ in batch.entries:
             self.stats.entries += 1
-            core_path = core_to_check(fields_, self._policy)
-            core = self._inspect_core(core_path) if core_path else None
-            verdict, entry = classify(fields_, self._policy, core)
-            cursor = fields_.get("__CURSOR", "")
-            if entry is None:
-                counter = _VERDICT_COUNTER[verdict]
-                setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-                if verdict is Verdict.FORGED:
-                    logger.warning(
-                        "dropped forged coredump entry (pid field %r, _UID=%r, _EXE=%r)",
-                        fields_.get("COREDUMP_PID"),
-                        fields_.get("_UID"),
-                        fields_.get("_EXE"),
-                    )
+            try:
+                effects.extend(self._take(fields_, now))
+            except Exception:
+                # Last resort: classify() validates every field, so this is a bug. One entry
+                # must not stop the pump, which would meet it again after every restart.
+                cursor = fields_.get("__CURSOR", "")
+                self._skip(fields_.get("COREDUMP_PID"), cursor)
                 if cursor:
                     self._tracker.seen(cursor)
-                continue
-            self.stats.accepted += 1
-            if entry.key.crash_id in self._ids:
-                self.stats.already_known += 1
-                self._tracker.seen(cursor)
-                continue
-            new = self._correlator.coredump(entry, past=not self.caught_up, now=now)
-            self._tracker.seen(cursor, pending=entry.key if new else None)
-            effects.extend(new)
         if not batch.entries and batch.position:
             self._tracker.seen(batch.position)
         await self._carry_out(effects)
@@ -265,6 +255,49 @@ class Broker:
             )
             self.publisher.properties_changed(["CaughtUp"])
         self._timer_wake.set()
+
+    def _take(self, fields_: Mapping[str, str], now: int) -> list[Effect]:
+        """Filter and correlate one entry; the effects it brings."""
+        core_path = core_to_check(fields_, self._policy)
+        core = self._inspect_core(core_path) if core_path else None
+        verdict, entry = classify(fields_, self._policy, core)
+        cursor = fields_.get("__CURSOR", "")
+        if entry is None:
+            counter = _VERDICT_COUNTER[verdict]
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+            if verdict is Verdict.FORGED:
+                logger.warning(
+                    "dropped forged coredump entry (pid field %r, _UID=%r, _EXE=%r)",
+                    fields_.get("COREDUMP_PID"),
+                    fields_.get("_UID"),
+                    fields_.get("_EXE"),
+                )
+            elif verdict is Verdict.MALFORMED:
+                logger.warning(
+                    "dropped malformed coredump entry (pid field %r, cursor %r)",
+                    fields_.get("COREDUMP_PID", "")[:40],
+                    cursor[:200],
+                )
+            if cursor:
+                self._tracker.seen(cursor)
+            return []
+        self.stats.accepted += 1
+        if entry.key.crash_id in self._ids:
+            self.stats.already_known += 1
+            self._tracker.seen(cursor)
+            return []
+        new = self._correlator.coredump(entry, past=not self.caught_up, now=now)
+        self._tracker.seen(cursor, pending=entry.key if new else None)
+        return new
+
+    def _skip(self, pid: object, cursor: str, reason: str = "") -> None:
+        """Count and log an entry or crash that could not be handled (with the exception being
+        handled, when no ``reason`` is given)."""
+        self.stats.invalid += 1
+        if reason:
+            logger.error("skipped coredump entry (pid %r, cursor %r): %s", pid, cursor, reason)
+        else:
+            logger.exception("skipped coredump entry (pid %r, cursor %r)", pid, cursor)
 
     async def run_timers(self) -> None:
         """Retry metadata lookups when the correlator asks, and failed store writes every
@@ -292,7 +325,11 @@ class Broker:
             lookups = [e for e in effects if isinstance(e, LookupMetadata)]
             for e in effects:
                 if isinstance(e, PublishCrash):
-                    self._publish(e)
+                    try:
+                        self._publish(e)
+                    except Exception:  # last resort, as in ingest(): this crash only
+                        self._skip(e.entry.pid, e.entry.cursor)
+                        self._tracker.settled(e.entry.key)
             effects = []
             if not lookups:
                 return
@@ -318,6 +355,11 @@ class Broker:
         )
         if entry.core_filename and not os.access(entry.core_filename, os.R_OK):
             crash = replace(crash, core_readable=False)
+        # Never store what cannot be sent: it would fail every announce and every list after.
+        problem = self._unsendable(crash)
+        if problem is not None:
+            self._skip(entry.pid, entry.cursor, f"its {problem} cannot be sent over D-Bus")
+            return
         restored = self._restored.pop(crash.id, None)
         if restored is not None:
             crash = replace(crash, state=restored)
@@ -663,6 +705,16 @@ class Broker:
         self.publisher.crash_updated(updated, ["state", "claimed_by"])
         return True
 
+    def release(self, crash_id: str, handler: str) -> bool:
+        """Give a crash ``handler`` claimed back (it could not handle it): ``new`` again.
+        False when it is not claimed by ``handler``."""
+        crash = self.get_crash(crash_id)
+        if crash.state is not CrashState.CLAIMED or crash.claimed_by != handler:
+            return False
+        updated = self._replace(crash, state=CrashState.NEW, claimed_by="")
+        self.publisher.crash_updated(updated, ["state", "claimed_by"])
+        return True
+
     def dismiss(self, crash_id: str) -> None:
         """Mark dismissed, remove its KCrash INI, announce CrashRemoved. Idempotent.
 
@@ -682,7 +734,9 @@ class Broker:
             self._replace(member, state=CrashState.DISMISSED)
             self._shown -= 1
             if member.kcrash_source in (MetadataSource.KCRASH_V1, MetadataSource.KCRASH_V2):
-                self._metadata.remove_ini(member.metadata_path)
+                self._metadata.remove_ini(
+                    member.metadata_path, member.metadata_dev, member.metadata_ino
+                )
             self.publisher.crash_removed(member.id)
         self.publisher.properties_changed(["CrashCount"])
 
@@ -748,7 +802,7 @@ class Broker:
         return await asyncio.shield(waiting)
 
     async def run_backtraces(self) -> None:
-        """The backtrace worker: one coredumpctl + gdb at a time, until cancelled."""
+        """The backtrace worker: one gdb at a time, until cancelled."""
         while True:
             crash_id = await self._bt_queue.get()
             waiting = self._bt_waiting[crash_id]

@@ -131,6 +131,9 @@ class BrokerClient:
     async def claim(self, crash_id: str, handler: str) -> bool:
         return bool(await self.call("Claim", "ss", [crash_id, handler]))
 
+    async def release(self, crash_id: str, handler: str) -> bool:
+        return bool(await self.call("Release", "ss", [crash_id, handler]))
+
     async def dismiss(self, crash_id: str) -> None:
         await self.call("Dismiss", "s", [crash_id])
 

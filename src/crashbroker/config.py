@@ -54,7 +54,7 @@ class Config:
         bus_address: a D-Bus address; None means the session bus.
         loop_threshold, loop_window_s: that many crashes of one exe+signal within the window
             are a crash loop (see domain/loops.py).
-        backtrace_timeout_s: deadline for coredumpctl + gdb of one backtrace.
+        backtrace_timeout_s: deadline for reading the core + gdb of one backtrace.
     """
 
     state_dir: Path

@@ -26,6 +26,7 @@ from crashbroker.adapters import dbus_wire
 from crashbroker.adapters.backtrace import BacktraceLimits, GdbBacktracer
 from crashbroker.adapters.core_file import inspect_core
 from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH
+from crashbroker.adapters.dbus_record import unsendable
 from crashbroker.adapters.dbus_service import LISTING_TAG, ManagerInterface
 from crashbroker.adapters.journal import JournalSource
 from crashbroker.adapters.memory import keep_large_buffers_out_of_the_heap
@@ -108,14 +109,15 @@ async def run(config: Config) -> int:
         )
         source.open()
         stack.callback(source.close)
+        policy = TrustPolicy(
+            writer_uids=coredump_writer_uids(),
+            own_uid=None if config.all_users else os.getuid(),
+            machine_id=local_machine_id(),
+        )
         broker = Broker(
             store=store,
             metadata=MetadataDir(config.cache_home),
-            policy=TrustPolicy(
-                writer_uids=coredump_writer_uids(),
-                own_uid=None if config.all_users else os.getuid(),
-                machine_id=local_machine_id(),
-            ),
+            policy=policy,
             inspect_core=inspect_core,
             correlator=Correlator(grace_us=config.grace_ms * 1000),
             monotonic=_monotonic_us,
@@ -125,11 +127,13 @@ async def run(config: Config) -> int:
                 window_us=int(config.loop_window_s * 1_000_000),
             ),
             backtracer=GdbBacktracer(
+                policy=policy,
                 journal_dir=config.journal_dir,
                 limits=BacktraceLimits(timeout_s=config.backtrace_timeout_s),
             ),
             restored_states=salvage.states if salvage else None,
             started=started,
+            unsendable=unsendable,
         )
         if salvage is not None:
             broker.stats.store_rebuilt = 1

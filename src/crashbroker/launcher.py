@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -35,12 +36,13 @@ from dbus_fast import RequestNameReply
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
+from crashbroker.adapters.core_file import inspect_core
 from crashbroker.adapters.dbus_names import LAUNCHER_BUS_NAME, LAUNCHER_OBJECT_PATH
 from crashbroker.adapters.journal import field_text
 from crashbroker.adapters.launcher_service import LauncherInterface
-from crashbroker.adapters.metadata_dir import read_capped
+from crashbroker.adapters.metadata_dir import is_private, read_capped, read_file
 from crashbroker.client import BrokerClient, ClientError, CrashEvent, connect_bus
-from crashbroker.config import xdg_dir
+from crashbroker.config import coredump_writer_uids, local_machine_id, xdg_dir
 from crashbroker.domain import drkonqi
 from crashbroker.domain.drkonqi import (
     Flavor,
@@ -51,6 +53,7 @@ from crashbroker.domain.drkonqi import (
     Start,
     StartVia,
 )
+from crashbroker.domain.entry import REPEATED, TrustPolicy, core_to_check
 from crashbroker.domain.errors import CrashBrokerError, MetadataError, MetadataReason
 from crashbroker.domain.metadata import parse_ini
 from crashbroker.domain.model import MetadataSource
@@ -79,32 +82,128 @@ def detect_flavor(drkonqi_path: str) -> Flavor:
     return Flavor.V5
 
 
-def journal_fields(cursor: str, journal_dir: Path | None) -> dict[str, str]:
-    """The entry's fields as text (without the core itself and journald's ``__`` fields)."""
+class EntryRefused(CrashBrokerError):
+    """The journal entry at a crash's cursor is not that crash's trusted entry."""
+
+
+def trust_policy() -> TrustPolicy:
+    """The daemon's trust rule (daemon.py), for our own user's crashes."""
+    return TrustPolicy(
+        writer_uids=coredump_writer_uids(), own_uid=os.getuid(), machine_id=local_machine_id()
+    )
+
+
+def _entry_fields(entry: Mapping[str, Any]) -> dict[str, str]:
+    """A ``Reader.get_next()`` entry as the daemon's journal source gives it (fields as text,
+    repeated fields named in ``__REPEATED``, the core only as present)."""
+    fields = {k: field_text(v) for k, v in entry.items() if not k.startswith("__")}
+    repeated = [k for k, v in entry.items() if isinstance(v, list)]
+    if repeated:
+        fields[REPEATED] = ",".join(repeated)
+    if "COREDUMP" in fields:
+        fields["COREDUMP"] = ""
+    for key in ("__CURSOR", "__REALTIME_TIMESTAMP"):
+        if key in entry:
+            fields[key] = field_text(entry[key])
+    return fields
+
+
+def journal_fields(
+    crash: Mapping[str, Any], journal_dir: Path | None, policy: TrustPolicy
+) -> dict[str, str]:
+    """The fields of the crash's own journal entry, as text (without the core itself and
+    journald's ``__`` fields), for DrKonqi's metadata.
+
+    ``seek_cursor`` to a cursor the journal no longer has (vacuumed, rotated away, another
+    journal) lands on a neighbour, which ``get_next`` would return: so the reader must be *at*
+    the cursor (``test_cursor``), and the entry must pass the daemon's trust rule and be the
+    same crash as the record (:func:`~crashbroker.domain.drkonqi.entry_problem`).
+
+    Raises:
+        EntryRefused: no such entry, or not this crash's trusted entry.
+    """
     from systemd import journal
 
-    reader = journal.Reader(path=str(journal_dir)) if journal_dir else journal.Reader()
+    cursor = str(crash["journal_cursor"])
+    try:
+        reader = journal.Reader(path=str(journal_dir)) if journal_dir else journal.Reader()
+    except OSError as exc:
+        raise EntryRefused(f"cannot open the journal: {exc}") from exc
+    # The journal's own text, as the daemon reads it: systemd-python's default converters make
+    # COREDUMP_TIMESTAMP a datetime, whose float seconds need not give back the same µs.
+    reader.converters = {
+        "__REALTIME_TIMESTAMP": str,
+        "__MONOTONIC_TIMESTAMP": str,
+        "__CURSOR": str,
+        "COREDUMP": bytes,
+    }
     try:
         reader.seek_cursor(cursor)
         entry = reader.get_next()
+        if not entry or not reader.test_cursor(cursor):
+            raise EntryRefused(f"the journal has no entry at {cursor}")
+    except (OSError, ValueError) as exc:  # a cursor the journal cannot parse
+        raise EntryRefused(f"cannot read the journal at {cursor}: {exc}") from exc
     finally:
         reader.close()
+    fields = _entry_fields(entry)
+    core_path = core_to_check(fields, policy)
+    problem = drkonqi.entry_problem(
+        fields, policy, inspect_core(core_path) if core_path else None, crash
+    )
+    if problem is not None:
+        raise EntryRefused(f"journal entry at {cursor}: {problem}")
     return {
-        k: field_text(v) for k, v in entry.items() if not k.startswith("__") and k != "COREDUMP"
+        k: v
+        for k, v in fields.items()
+        if not k.startswith("__") and k not in ("COREDUMP", REPEATED)
     }
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` (never following a link there) with ``text``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".crashbroker-", suffix=".tmp")
+_KCRASH_SOURCES = (MetadataSource.KCRASH_V1.value, MetadataSource.KCRASH_V2.value)
+
+
+async def read_kcrash_ini(crash: Mapping[str, Any]) -> tuple[bytes, os.stat_result]:
+    """The crash's KCrash INI, only if it is still the file the daemon matched to the crash
+    (device and inode, ``metadata_dev``/``metadata_ino``): a ``<pid>.ini`` binds by pid alone,
+    and the name may hold another file by now. The file and its directory must be ours and
+    not group/world-writable (:func:`~crashbroker.adapters.metadata_dir.read_file`).
+
+    Raises:
+        MetadataError: refused, gone, or not the same file (reason ``CHANGED``).
+    """
+    path = str(crash["metadata_path"])
+    data, st = await read_file(Path(path))
+    expected = (int(crash.get("metadata_dev", 0)), int(crash.get("metadata_ino", 0)))
+    if crash["kcrash_source"] in _KCRASH_SOURCES and (
+        (st.st_dev, st.st_ino) != expected or not expected[1]
+    ):
+        raise MetadataError(path, MetadataReason.CHANGED, "not the file matched to the crash")
+    return data, st
+
+
+def _append_in_place(path: Path, dev: int, ino: int, text: str) -> None:
+    """Append ``text`` to the regular file at ``path`` if it is still (``dev``, ``ino``) and
+    private; never follows a link, never creates.
+
+    Raises:
+        MetadataError: another file is there now. OSError: it cannot be written.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        fd = os.open(path.name, flags, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+        st = os.fstat(fd)
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or (st.st_dev, st.st_ino) != (dev, ino)
+            or not is_private(st, os.getuid())
+        ):
+            raise MetadataError(str(path), MetadataReason.CHANGED, "replaced while being read")
+        f.write(text)
 
 
 def create_exclusively(path: Path, text: str) -> bool:
@@ -197,6 +296,7 @@ class Options:
     env: Mapping[str, str]
     on_request_only: bool = False
     start_via: StartVia = StartVia.AUTO
+    policy: TrustPolicy | None = None  # None: trust_policy()
 
 
 class Launcher:
@@ -207,6 +307,7 @@ class Launcher:
         self._options = options
         self._tg = tg
         self._limit = RateLimit(int(options.rate_limit_s * 1_000_000))
+        self._policy = options.policy or trust_policy()
         self.launched = 0
         self.children: set[asyncio.Task[None]] = set()
 
@@ -256,7 +357,16 @@ class Launcher:
         if skip is not None or argv is None:
             logger.info("not launching DrKonqi for %s (%s): %s", crash["id"], crash["exe"], skip)
             return False
-        if crash["state"] == "new" and not await self._client.claim(crash["id"], drkonqi.HANDLER):
+        refused = drkonqi.refused_options(crash["kcrash"])
+        if refused:
+            logger.warning(
+                "DrKonqi for %s: KCrash keys not passed (not DrKonqi's, or values that could "
+                "be read as options): %s",
+                crash["id"],
+                ", ".join(refused),
+            )
+        claimed = crash["state"] == "new"
+        if claimed and not await self._client.claim(crash["id"], drkonqi.HANDLER):
             logger.info("crash %s was claimed by another handler", crash["id"])
             return False
         try:
@@ -268,16 +378,29 @@ class Launcher:
                     logger.info(
                         "not launching DrKonqi for %s (%s): %s", crash["id"], crash["exe"], outcome
                     )
+                    await self._release(crash, claimed)
                     return False
                 metadata = outcome
         except (OSError, MetadataError, CrashBrokerError) as exc:
             logger.error("cannot prepare DrKonqi's metadata for %s: %s", crash["id"], exc)
+            await self._release(crash, claimed)
             return False
         env = drkonqi.child_environment(self._options.env, str(metadata))
-        child = self._tg.create_task(self._run(crash, argv, env), name="drkonqi")
+        child = self._tg.create_task(self._run(crash, argv, env, claimed), name="drkonqi")
         self.children.add(child)
         child.add_done_callback(self.children.discard)
         return True
+
+    async def _release(self, crash: Mapping[str, Any], claimed: bool) -> None:
+        """Give back a crash we claimed for this launch and could not launch: a claim left
+        held would keep every other handler (and a later "Report…") away from it."""
+        if not claimed:
+            return
+        try:
+            if await self._client.release(crash["id"], drkonqi.HANDLER):
+                logger.info("released crash %s", crash["id"])
+        except ClientError as exc:
+            logger.warning("cannot release crash %s: %s", crash["id"], exc)
 
     def _record_path(self, crash: Mapping[str, Any]) -> Path:
         name = drkonqi.v6_metadata_name(
@@ -296,14 +419,15 @@ class Launcher:
 
     async def _v5_metadata_file(self, crash: Mapping[str, Any]) -> Path:
         """DrKonqi 5 reads the KCrash INI itself, with a ``[Journal]`` group added (as 5.27's
-        launcher rewrote it through QSettings)."""
+        launcher rewrote it through QSettings). Appended in place: the file stays the one
+        (device, inode) the daemon matched to the crash, which ``Dismiss`` removes."""
         fields = await asyncio.to_thread(
-            journal_fields, crash["journal_cursor"], self._options.journal_dir
+            journal_fields, crash, self._options.journal_dir, self._policy
         )
         ini_path = Path(crash["metadata_path"])
-        raw = await read_capped(ini_path)
-        text = drkonqi.v5_metadata(raw.decode("utf-8", errors="replace"), fields)
-        await asyncio.to_thread(_write_atomically, ini_path, text)
+        raw, st = await read_kcrash_ini(crash)
+        text = ("" if raw.endswith(b"\n") else "\n") + drkonqi.v5_journal_group(fields)
+        await asyncio.to_thread(_append_in_place, ini_path, st.st_dev, st.st_ino, text)
         return ini_path
 
     async def _v6_record(
@@ -315,10 +439,10 @@ class Launcher:
         if action is RecordAction.REUSE:
             return record
         fields = await asyncio.to_thread(
-            journal_fields, crash["journal_cursor"], self._options.journal_dir
+            journal_fields, crash, self._options.journal_dir, self._policy
         )
         ini_path = Path(crash["metadata_path"])
-        raw = await read_capped(ini_path)
+        raw, _ = await read_kcrash_ini(crash)
         meta = parse_ini(raw, str(ini_path), MetadataSource(crash["kcrash_source"]))
         groups = KCrashGroups(meta.kcrash, meta.tags, meta.extra, meta.gpu, meta.complete)
         text = drkonqi.v6_metadata(groups, fields, crash["journal_cursor"])
@@ -331,8 +455,20 @@ class Launcher:
         return again if isinstance(again, Skip) else Skip.RECORD_EXISTS
 
     async def _run(
-        self, crash: Mapping[str, Any], argv: Sequence[str], env: Mapping[str, str]
+        self,
+        crash: Mapping[str, Any],
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        claimed: bool = False,
     ) -> None:
+        """Start DrKonqi; release the claim (if this launch made it) when nothing started."""
+        if not await self._start(crash, argv, env):
+            await self._release(crash, claimed)
+
+    async def _start(
+        self, crash: Mapping[str, Any], argv: Sequence[str], env: Mapping[str, str]
+    ) -> bool:
+        """True when DrKonqi started or may have started; False when it certainly did not."""
         crash_id = str(crash["id"])
         socket_path = manager_socket(self._options.env)
         systemd_run = shutil.which("systemd-run", path=self._options.env.get("PATH"))
@@ -345,17 +481,17 @@ class Launcher:
         )
         if start is None:
             logger.error("not starting DrKonqi for %s: --start-via=service, but %s", crash_id, why)
-            return
+            return False
         if start is Start.SERVICE and systemd_run is not None:
             outcome, why = await self._start_service(crash, argv, env, systemd_run)
             if outcome is _Outcome.FAILED and self._options.start_via is StartVia.AUTO:
                 logger.warning("DrKonqi for %s: %s; starting it as our child", crash_id, why)
             elif outcome is not _Outcome.STARTED:
                 logger.error("DrKonqi for %s not started: %s", crash_id, why)
-                return
+                return outcome is _Outcome.UNKNOWN  # it may run: the claim stays
             else:
-                return
-        await self._run_child(crash_id, argv, env, why)
+                return True
+        return await self._run_child(crash_id, argv, env, why)
 
     async def _start_service(
         self,
@@ -414,7 +550,7 @@ class Launcher:
 
     async def _run_child(
         self, crash_id: str, argv: Sequence[str], env: Mapping[str, str], why: str
-    ) -> None:
+    ) -> bool:
         logger.info(
             "starting %s %s for %s as a %s (%s)",
             self._options.drkonqi, " ".join(argv), crash_id, Start.CHILD.value, why,
@@ -432,10 +568,11 @@ class Launcher:
             )
         except OSError as exc:
             logger.error("cannot start %s: %s", self._options.drkonqi, exc)
-            return
+            return False
         self.launched += 1
         code = await proc.wait()
         logger.info("DrKonqi for %s exited with %s", crash_id, code)
+        return True
 
 
 async def _wait_for_daemon(client: BrokerClient) -> None:

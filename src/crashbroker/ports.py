@@ -50,7 +50,9 @@ class MetadataReader(Protocol):
 
     async def lookup(self, entry: CoredumpEntry) -> KCrashMetadata | None: ...
 
-    def remove_ini(self, path: str) -> bool: ...
+    def remove_ini(self, path: str, dev: int, ino: int) -> bool:
+        """Remove the INI at ``path`` if it is still the file (device, inode) matched."""
+        ...
 
 
 class NullPublisher:

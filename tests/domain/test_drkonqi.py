@@ -255,3 +255,37 @@ def test_drkonqi_is_a_transient_service_not_a_scope_with_its_environment_passed(
 def test_no_service_when_drkonqis_metadata_path_cannot_be_passed() -> None:
     env = drkonqi.child_environment({"HOME": "/h"}, "/h/\udcff/k.ini")
     assert run_command(env, ["--appname", "k"]) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "passed"),
+    [
+        ("appname", "kate", True),
+        ("exceptionwhat", "it broke", True),
+        ("platform", "wayland", True),
+        ("platform", "offscreen", True),
+        ("display", ":0.0", True),
+        ("platformpluginpath", "/tmp/x", False),  # Qt's, not DrKonqi's: loads plugins
+        ("platformtheme", "x", False),
+        ("plugin", "evdevmouse", False),
+        ("qwindowgeometry", "1x1", False),
+        ("platform", "vnc:port=5900", False),  # would listen on a port
+        ("platform", "eglfs", False),
+        ("display", "evil.example:0", False),  # another machine's X server
+        ("programname", "-platformpluginpath", False),  # Qt scans all of argv for its options
+        ("thread", "1", False),  # Windows only
+    ],
+)
+def test_only_drkonqis_options_with_harmless_values_are_passed(
+    key: str, value: str, passed: bool
+) -> None:
+    assert drkonqi.passed_option(key, value) is passed
+    argv = drkonqi.arguments({"pid": "7", "signal": "11", key: value}, Flavor.V6)
+    assert argv is not None
+    assert (f"--{key}" in argv) is passed
+    assert drkonqi.refused_options({key: value}) == ([] if passed else [key])
+
+
+def test_no_arguments_without_a_numeric_pid_and_signal() -> None:
+    assert drkonqi.arguments({"pid": "-platform", "signal": "11"}, Flavor.V5) is None
+    assert drkonqi.arguments({"pid": "7", "signal": "x"}, Flavor.V5) is None

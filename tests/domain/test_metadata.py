@@ -24,8 +24,10 @@ from crashbroker.domain.metadata import (
     fill_gaps,
     parse_drkonqi_json,
     parse_ini,
+    private_file,
     safe_name,
     v1_name,
+    v1_written_for,
     v2_name,
 )
 from crashbroker.domain.model import CoredumpEntry, KCrashLib, KCrashMetadata, MetadataSource
@@ -694,3 +696,29 @@ def test_parse_drkonqi_json_is_total_on_json_documents(doc: object) -> None:
         assert m.complete is (doc.get("kcrash-complete") is True)
     else:
         assert m is None
+
+
+def test_a_v1_ini_counts_only_if_written_at_the_time_of_the_crash() -> None:
+    ts = 1_700_000_000_000_000
+    assert v1_written_for(ts - 1_000_000, ts)  # in the handler, just before the dump
+    assert v1_written_for(ts + 999_999, ts)  # COREDUMP_TIMESTAMP is whole seconds
+    assert not v1_written_for(ts - 86_400_000_000, ts)  # a day before: another boot's
+    assert not v1_written_for(ts + 60_000_000, ts)  # after the dump: not KCrash's
+
+
+def test_private_file_is_ours_and_writable_by_no_one_else() -> None:
+    assert private_file(1000, 0o100600, 1000) and private_file(1000, 0o40755, 1000)
+    assert not private_file(1001, 0o100600, 1000)
+    assert not private_file(1000, 0o100620, 1000) and not private_file(1000, 0o40777, 1000)
+
+
+def test_a_private_group_may_write_but_no_other_group_or_anyone_else() -> None:
+    """umask 002 (Debian's for user private groups) makes every KCrash file group-writable:
+    refused only when that group is not the user's own."""
+    own = frozenset({1001})
+    assert private_file(1001, 0o100600, 1001)
+    assert private_file(1001, 0o100664, 1001, gid=1001, private_gids=own)
+    assert not private_file(1001, 0o100664, 1001, gid=100, private_gids=own)  # users
+    assert not private_file(1001, 0o100664, 1001)  # no private group known
+    assert not private_file(1001, 0o100646, 1001, gid=1001, private_gids=own)  # world
+    assert not private_file(0, 0o100600, 1001, gid=1001, private_gids=own)  # not its own

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Daemon, RemoteJournal
+from conftest import Daemon, RemoteJournal, written_at_crash
 
 
 async def cli(address: str | None, *args: str) -> tuple[int, str, str]:
@@ -31,6 +31,7 @@ async def test_list_show_dismiss(daemon: Daemon, remote_journal: RemoteJournal):
     (daemon.kcrash_dir / f"{pid}.ini").write_text(
         f"[KCrash]\nexe=/usr/bin/kronometer\nprogramname=Kronometer\npid={pid}\n"
     )
+    written_at_crash(daemon.kcrash_dir / f"{pid}.ini", entry)
     remote_journal.append(entry)
     daemon.args = [f"--journal-dir={remote_journal.directory}"]
     await daemon.start()

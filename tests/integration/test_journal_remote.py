@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dbus_fast import MessageType
 
-from conftest import Daemon, RemoteJournal, variant_filter, write_ini
+from conftest import Daemon, RemoteJournal, variant_filter, write_ini, written_at_crash
 from crashbroker.adapters.dbus_names import error_name
 from crashbroker.adapters.store import CHECKPOINT_LIMIT
 
@@ -68,7 +68,7 @@ async def test_kcrash_v1_ini_is_correlated(daemon: Daemon, remote_journal: Remot
     pid = int(entry["COREDUMP_PID"])
     ini = (Path(__file__).parent.parent / "data" / "kronometer.ini").read_text()
     ini = "\n".join(f"pid={pid}" if line.startswith("pid=") else line for line in ini.split("\n"))
-    (daemon.kcrash_dir / f"{pid}.ini").write_text(ini)
+    written_at_crash(write_ini(daemon.kcrash_dir / f"{pid}.ini", ini), entry)
     remote_journal.append(entry)
     crash = await daemon.client.crash(pid)
     assert crash["kcrash"]["programname"] == "Kronometer"
@@ -306,6 +306,7 @@ async def test_claim_dismiss_and_named_errors(daemon: Daemon, remote_journal: Re
     ini = write_ini(
         daemon.kcrash_dir / f"{pid}.ini", f"[KCrash]\nexe=/usr/bin/kronometer\npid={pid}\n"
     )
+    written_at_crash(ini, entry)
     remote_journal.append(entry)
     crash_id = (await daemon.client.crash(pid))["id"]
 

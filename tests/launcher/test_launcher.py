@@ -27,6 +27,7 @@ from conftest import (
     crash_kronometer,
     missing_rig,
     write_ini,
+    written_at_crash,
 )
 from crashbroker.adapters.dbus_names import (
     LAUNCHER_BUS_NAME,
@@ -214,11 +215,12 @@ def remote_kcrash(daemon: Daemon, rj: RemoteJournal, core: Path, **overrides: st
     entry = rj.coredump("kronometer-sigsegv.export", COREDUMP_FILENAME=str(core), **overrides)
     pid = int(entry["COREDUMP_PID"])
     exe = entry["COREDUMP_EXE"].decode()
-    write_ini(
+    ini = write_ini(
         daemon.kcrash_dir / f"{pid}.ini",
         f"[KCrash]\nexe={exe}\nappname=kronometer\nprogramname=Kronometer\nsafer=true\n"
         f"signal=11\npid={pid}\n",
     )
+    written_at_crash(ini, entry)
     return entry
 
 

@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from conftest import Daemon, DrKonqiRecorder, LauncherProc, RemoteJournal, missing_rig, write_ini
+from conftest import (
+    Daemon,
+    DrKonqiRecorder,
+    LauncherProc,
+    RemoteJournal,
+    missing_rig,
+    write_ini,
+    written_at_crash,
+)
 
 RECORD = """#!/usr/bin/python3
 import json, os, time
@@ -171,11 +179,12 @@ async def notifier(daemon: Daemon, tmp_path: Path) -> AsyncIterator[NotifierProc
 def kronometer(daemon: Daemon, rj: RemoteJournal, **overrides: str) -> Any:
     entry = rj.coredump("kronometer-sigsegv.export", **overrides)
     pid = int(entry["COREDUMP_PID"])
-    write_ini(
+    ini = write_ini(
         daemon.kcrash_dir / f"{pid}.ini",
         f"[KCrash]\nexe={entry['COREDUMP_EXE'].decode()}\nappname=kronometer\n"
         f"programname=Kronometer\npid={pid}\nsignal=11\n",
     )
+    written_at_crash(ini, entry)
     return entry
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, RemoteJournal, as_user, missing_rig, write_ini
+from conftest import Daemon, RemoteJournal, as_user, missing_rig, write_ini, written_at_crash
 from crashbroker.domain.cleanup import DAY_S, FileInfo, stale_files
 from crashbroker.domain.doctor import (
     UNITS,
@@ -232,6 +232,7 @@ async def test_cleanup_removes_only_old_regular_files_inside_its_dirs(
     pending = write_ini(
         kdir / f"{pid}.ini", f"[KCrash]\nexe=/usr/bin/kronometer\nappname=kronometer\npid={pid}\n"
     )
+    written_at_crash(pending, entry)
     remote_journal.append(entry)
     daemon.args = [f"--journal-dir={remote_journal.directory}"]
     await daemon.start()

@@ -13,7 +13,7 @@ from pathlib import Path
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from conftest import Daemon, RemoteJournal, bus_call, variant_filter, write_ini
+from conftest import Daemon, RemoteJournal, bus_call, variant_filter, write_ini, written_at_crash
 from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH, error_name
 
 
@@ -60,12 +60,14 @@ async def test_hostile_metadata_files_are_refused_without_blocking_or_leaking(
     (kdir / f"{p}.ini").write_bytes(
         b"[KCrash]\nexe=/usr/bin/kronometer\nappname=\xff\xfe\xc3(bad\nprogramname=Ok\n"
     )
+    written_at_crash(kdir / f"{p}.ini", e_utf)
     cases["utf8"] = e_utf
     e_dup, p = entry()
     write_ini(
         kdir / f"{p}.ini",
         f"[KCrash]\nexe=/usr/bin/kronometer\nappname=first\nappname=second\npid={p}\n",
     )
+    written_at_crash(kdir / f"{p}.ini", e_dup)
     cases["dup"] = e_dup
     e_dir, p = entry()
     (kdir / f"{p}.ini").mkdir()
@@ -81,6 +83,7 @@ async def test_hostile_metadata_files_are_refused_without_blocking_or_leaking(
     cases["fifo"] = e_fifo
     e_ok, p = entry()  # the control: a good file next to the hostile ones is used
     write_ini(kdir / f"{p}.ini", "[KCrash]\nexe=/usr/bin/kronometer\nappname=good\n")
+    written_at_crash(kdir / f"{p}.ini", e_ok)
     cases["good"] = e_ok
 
     # A file replaced over and over while the daemon reads: whatever it reads, it copes.

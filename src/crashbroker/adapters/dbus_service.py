@@ -68,6 +68,8 @@ class Manager(Protocol):
 
     def claim(self, crash_id: str, handler: str) -> bool: ...
 
+    def release(self, crash_id: str, handler: str) -> bool: ...
+
     async def backtrace(self, crash_id: str) -> str: ...
 
     def stats_dict(self) -> dict[str, int]: ...
@@ -194,6 +196,13 @@ class ManagerInterface(ServiceInterface):
             if not handler or len(handler) > MAX_HANDLER_CHARS:
                 raise InvalidArgs(f"handler must be 1..{MAX_HANDLER_CHARS} characters")
             return self._manager.claim(crash_id, handler)
+
+    @dbus_method(name="Release")
+    def release(self, crash_id: DBusStr, handler: DBusStr) -> DBusBool:
+        with _translated("Release"):
+            if not handler or len(handler) > MAX_HANDLER_CHARS:
+                raise InvalidArgs(f"handler must be 1..{MAX_HANDLER_CHARS} characters")
+            return self._manager.release(crash_id, handler)
 
     @dbus_method(name="GetBacktrace")
     async def get_backtrace(self, crash_id: DBusStr) -> DBusStr:

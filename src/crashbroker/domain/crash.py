@@ -28,8 +28,10 @@ def build_crash(
     if metadata is not None:
         kcrash, filled = fill_gaps(metadata.kcrash, entry)
         complete, source, path = metadata.complete, str(metadata.source), metadata.path
+        dev, ino = metadata.dev, metadata.ino
     else:
         kcrash, filled, complete, source, path = {}, (), False, "", ""
+        dev = ino = 0
     return Crash(
         id=entry.key.crash_id,
         entry=entry,
@@ -42,4 +44,6 @@ def build_crash(
         detected=now,
         signature=signature(entry),
         occurrences=occurrences,
+        metadata_dev=dev,
+        metadata_ino=ino,
     )

@@ -3,9 +3,12 @@
 Interop contract (``drkonqi-spec.md`` §4.4-§4.7):
 
 - argv: ``--<key> <value>`` for every ``[KCrash]`` key except ``exe``; a value of exactly ``true``
-  or ``false`` becomes a bare flag. DrKonqi 5.27 read the keys through QSettings, which sorts
-  them; DrKonqi 6 iterates a JSON object. A KCrash ``exe`` ending in ``/drkonqi`` means DrKonqi
-  itself crashed: no arguments, no launch.
+  or ``false`` becomes a bare flag. Unlike DrKonqi's launcher, only the options KCrash passes
+  (:data:`OPTIONS`) with values that cannot be read as options: the file is written by the
+  crashed program, and Qt reads its own options (``-platformpluginpath``…) anywhere in argv.
+  DrKonqi 5.27 read the keys through QSettings, which sorts them; DrKonqi 6 iterates a JSON
+  object. A KCrash ``exe`` ending in ``/drkonqi`` means DrKonqi itself crashed: no arguments,
+  no launch.
 - environment: the launcher's own, minus the service manager's activation variables, plus
   ``DRKONQI_BACKEND=COREDUMPD`` and ``DRKONQI_METADATA_FILE``.
 - metadata file: DrKonqi 5 (Plasma 5.23-5.27) gets the KCrash INI with a ``[Journal]`` group of
@@ -24,6 +27,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from crashbroker.domain.entry import CoreFile, JournalFields, TrustPolicy, classify
 
 BACKEND = "COREDUMPD"
 HANDLER = "crashbroker-launcher"
@@ -59,6 +64,32 @@ ACTIVATION_VARIABLES = frozenset(
 _OWN_NAMES = ("crashbroker", "crashbroker-launcher", "crashbroker-notifier")
 
 
+# The [KCrash] keys KCrash writes, which DrKonqi's launcher passes as ``--<key>``: every key of
+# drkonqi-spec §2.4's table (kcrash.cpp@HEAD and @kf5) except ``exe`` (INI only) and ``thread``
+# (Windows only), i.e. §4.7's list of resulting options with the legacy ``glrenderer``,
+# ``startupid`` and ``kdeinit``. DrKonqi takes unknown options with a warning, so nothing it
+# reads is lost; what is kept out is Qt's own options (``platformpluginpath``, ``platformtheme``,
+# ``plugin``, ``qwindowgeometry``, ``stylesheet``…), which load code or change how DrKonqi runs.
+OPTIONS = frozenset(
+    {
+        "appname", "apppath", "signal", "pid", "appversion", "programname", "bugaddress",
+        "productname", "safer", "restarted", "startupid", "kdeinit", "exceptionname",
+        "exceptionwhat", "qtversion", "kdeframeworksversion", "glrenderer", "platform", "display",
+    }
+)  # fmt: skip
+# ``platform`` and ``display`` are read by Qt itself (QGuiApplication), not DrKonqi: KCrash
+# passes them so DrKonqi shows where the application did. Only the platforms a desktop
+# application runs on are passed, by name alone: a value like ``vnc:port=…``,
+# ``wayland:…``-with-options or ``eglfs`` would make DrKonqi listen on a port or take over the
+# screen. KF5 writes QGuiApplication::platformName() (``offscreen`` for a headless app, as in
+# tests/data/kronometer.ini); KF6 ≥ 6.3 writes KWin's own platform as ``wayland``.
+PLATFORMS = frozenset({"xcb", "wayland", "wayland-egl", "offscreen", "minimal"})
+# An X display on this machine (":0", ":1.0"); "host:0" would show the crash's details on
+# another machine's X server.
+_LOCAL_DISPLAY = re.compile(r":[0-9]+(?:\.[0-9]+)?")
+_DECIMAL = re.compile(r"[0-9]+")
+
+
 class Flavor(enum.StrEnum):
     """Which DrKonqi is installed: it decides the metadata file and the argv order."""
 
@@ -66,16 +97,41 @@ class Flavor(enum.StrEnum):
     V6 = "6"
 
 
+def passed_option(key: str, value: str) -> bool:
+    """True when ``--<key> <value>`` may be passed to DrKonqi: a key of :data:`OPTIONS` and a
+    value no parser can take for an option (no leading ``-``; Qt scans the whole argv for its
+    own options), ``platform`` one of :data:`PLATFORMS`, ``display`` a local X display."""
+    if key not in OPTIONS or value.startswith("-"):
+        return False
+    if key == "platform":
+        return value in PLATFORMS
+    if key == "display":
+        return _LOCAL_DISPLAY.fullmatch(value) is not None
+    return True
+
+
+def refused_options(kcrash: Mapping[str, str]) -> list[str]:
+    """The ``[KCrash]`` keys :func:`arguments` leaves out (for the log)."""
+    return sorted(k for k, v in kcrash.items() if k != "exe" and not passed_option(k, v))
+
+
 def arguments(kcrash: Mapping[str, str], flavor: Flavor) -> list[str] | None:
-    """DrKonqi's options for a ``[KCrash]`` group; None when DrKonqi must not be started."""
+    """DrKonqi's options for a ``[KCrash]`` group; None when DrKonqi must not be started.
+
+    Only keys :func:`passed_option` allows become options (:func:`refused_options` names the
+    rest). ``pid`` and ``signal`` are what DrKonqi cannot do without: one that is not a decimal
+    number means no DrKonqi.
+    """
     if kcrash.get("exe", "").endswith("/drkonqi"):
+        return None
+    if any(not _DECIMAL.fullmatch(kcrash.get(k, "0")) for k in ("pid", "signal")):
         return None
     keys = sorted(kcrash) if flavor is Flavor.V5 else list(kcrash)
     argv: list[str] = []
     for key in keys:
-        if key == "exe":
-            continue
         value = kcrash[key]
+        if key == "exe" or not passed_option(key, value):
+            continue
         argv.append(f"--{key}")
         if value not in ("true", "false"):
             argv.append(value)
@@ -117,7 +173,14 @@ def _ini_value(value: str) -> str:
 
 def v5_metadata(kcrash_ini: str, journal: Mapping[str, str]) -> str:
     """DrKonqi 5's metadata file: the KCrash INI as written, then a ``[Journal]`` group."""
-    lines = [kcrash_ini.rstrip("\n"), "", "[Journal]"]
+    return kcrash_ini.rstrip("\n") + "\n" + v5_journal_group(journal)
+
+
+def v5_journal_group(journal: Mapping[str, str]) -> str:
+    """The ``[Journal]`` group (after a blank line) that :func:`v5_metadata` appends; the
+    launcher appends it to the KCrash INI in place, so the file stays the one (device, inode)
+    the daemon matched to the crash."""
+    lines = ["", "[Journal]"]
     for key in sorted(journal):
         if _valid_ini_key(key):
             lines.append(f"{key}={_ini_value(journal[key])}")
@@ -162,6 +225,30 @@ def v6_metadata_name(exe: str, boot_id: str, pid: int, timestamp: int) -> str:
     return f"{base}.{boot_id}.{pid}.{timestamp}.ini"
 
 
+def entry_problem(
+    fields: JournalFields, policy: TrustPolicy, core: CoreFile | None, crash: Mapping[str, Any]
+) -> str | None:
+    """Why the journal entry read at a crash's cursor must not go into DrKonqi's metadata, or
+    None when it is that crash's trusted entry.
+
+    The daemon's trust rule again (:func:`~crashbroker.domain.entry.classify`; ``core``: what
+    :func:`~crashbroker.domain.entry.core_to_check` names, inspected), and the same crash as
+    the record: boot id, pid and COREDUMP_TIMESTAMP (its id), and the cursor itself.
+    """
+    verdict, entry = classify(fields, policy, core)
+    if entry is None:
+        return f"the entry there is {verdict.value}"
+    if entry.cursor != crash.get("journal_cursor"):
+        return "the entry there has another cursor"
+    if entry.key.crash_id != crash.get("id") or (entry.boot_id, entry.pid, entry.timestamp) != (
+        crash.get("boot_id"),
+        crash.get("pid"),
+        crash.get("timestamp"),
+    ):
+        return "the entry there is another crash"
+    return None
+
+
 def own_process(exe: str, cmdline: str, comm: str) -> bool:
     """A crash of crashbroker itself (python running our entry points) or of DrKonqi."""
     base = exe.removesuffix(" (deleted)").rsplit("/", 1)[-1]
@@ -186,7 +273,7 @@ class Skip(enum.StrEnum):
     OWN = "a crash of DrKonqi or crashbroker"
     DRKONQI_SEEN = "DrKonqi already picked it up"
     RATE_LIMITED = "this signature was launched moments ago"
-    NO_ARGUMENTS = "KCrash data names DrKonqi itself"
+    NO_ARGUMENTS = "KCrash data names DrKonqi itself, or has no numeric pid/signal"
     RECORD_EXISTS = "DrKonqi's record of it exists without PickedUp: left as it is"
     RECORD_REFUSED = "DrKonqi's record of it is not a regular file: left as it is"
     LAUNCHED_BEFORE = "crashbroker-launcher started DrKonqi for it before"

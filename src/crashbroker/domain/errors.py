@@ -15,7 +15,7 @@ Tree::
         ├── NotSupported        (``detail``)
         ├── NoCore              the crash has no core to debug (none kept, or removed since)
         ├── CoreTruncated       the core was cut short (size limit); gdb would mislead
-        └── BacktraceFailed     coredumpctl or gdb failed, timed out or said nothing useful
+        └── BacktraceFailed     reading the core or gdb failed, timed out or said nothing useful
 
 Exceptions carry structured attributes; callers never parse message text.
 """
@@ -39,6 +39,9 @@ class MetadataReason(enum.Enum):
     UNREADABLE = "unreadable"
     MALFORMED = "malformed"
     EXE_MISMATCH = "exe-mismatch"
+    NOT_PRIVATE = "not-private"  # the file or its directory: another owner, or g/o-writable
+    STALE = "stale"  # a KF5 <pid>.ini not written at the time of this crash
+    CHANGED = "changed"  # not the file the daemon matched to the crash (device/inode)
 
 
 class MetadataError(CrashBrokerError):

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from collections.abc import Mapping
 
 from crashbroker.domain.errors import MetadataError, MetadataReason
 from crashbroker.domain.model import CoredumpEntry, KCrashMetadata, MetadataSource
+from crashbroker.domain.text import clean_text
 
 MAX_FILE_BYTES = 256 * 1024
 MAX_KEYS_PER_GROUP = 256
@@ -27,11 +29,19 @@ GROUPS = {
 }
 COMPLETE_GROUP = "KCrashComplete"
 
+# KF5's KCrash writes <pid>.ini inside its signal handler, right before it re-raises the signal
+# for the kernel to dump core (kcrash.cpp@kf5 defaultCrashHandler, under alarm(3)), and
+# COREDUMP_TIMESTAMP is the kernel's %t of that dump, in whole seconds. So KCrash's file for this
+# crash was last written within seconds before COREDUMP_TIMESTAMP: a minute before allows for a
+# slow emergency-save function and a loaded machine; 2 s after covers %t's truncation to
+# seconds. The name binds only the pid, which every boot hands out again (drkonqi-spec §9.12).
+V1_WRITTEN_BEFORE_US = 60_000_000
+V1_WRITTEN_AFTER_US = 2_000_000
+# Group- or world-writable: another user could have written or swapped the file.
+
 # KConfig's escapes; KCrash itself only writes "\n".
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "s": " ", ";": ";", ",": ","}
 _ESCAPE_RE = re.compile(r"\\(x[0-9a-fA-F]{2}|.)")
-# A D-Bus string may not carry NUL; other C0 controls are legal but we keep \n and \t only.
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def v2_name(entry: CoredumpEntry) -> str:
@@ -55,10 +65,10 @@ def safe_name(name: str) -> bool:
 
 
 def _clean(text: str, limit: int) -> str:
-    """Capped, without NUL/control characters, and valid UTF-8: JSON escapes can spell lone
-    surrogates ("\\ud800"), which D-Bus cannot carry (dbus-fast raises UnicodeEncodeError)."""
-    text = text[:limit].encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return _CONTROL_RE.sub("\ufffd", text)
+    """Capped, and a valid D-Bus string without control characters but tab and newline: a NUL
+    (an INI's raw byte or ``\\x00``) or a lone surrogate (JSON can spell ``\\ud800``) would
+    make dbus-daemon drop our connection, or dbus-fast raise, on every announce."""
+    return clean_text(text[:limit])
 
 
 def unescape(value: str) -> str:
@@ -180,6 +190,35 @@ def check_belongs(meta: KCrashMetadata, entry: CoredumpEntry) -> None:
     pid = meta.kcrash.get("pid")
     if pid is not None and pid.strip() != str(entry.pid):
         raise MetadataError(meta.path, MetadataReason.EXE_MISMATCH, f"pid={pid!r}")
+
+
+def private_file(
+    owner_uid: int,
+    mode: int,
+    uid: int,
+    *,
+    gid: int = -1,
+    private_gids: frozenset[int] = frozenset(),
+) -> bool:
+    """True when a file or directory (``st_uid``, ``st_mode``, ``st_gid``) is ``uid``'s own and
+    no one else may write it: owned by ``uid``, not world-writable, and not group-writable
+    unless its group is in ``private_gids`` (the user's private group, which holds no one else:
+    with umask 002, Debian's default for such groups, every file a user makes is group-writable,
+    and refusing those would refuse every KCrash file)."""
+    if owner_uid != uid or mode & stat.S_IWOTH:
+        return False
+    return not mode & stat.S_IWGRP or gid in private_gids
+
+
+def v1_written_for(mtime_us: int, timestamp: int) -> bool:
+    """True when a KF5 ``<pid>.ini`` last modified at ``mtime_us`` can have been written by
+    KCrash for the crash dumped at ``timestamp`` (COREDUMP_TIMESTAMP, µs): within
+    [``timestamp`` - :data:`V1_WRITTEN_BEFORE_US`, ``timestamp`` + :data:`V1_WRITTEN_AFTER_US`].
+
+    A file of an earlier boot (or an earlier crash of a reused pid) is older than that; one
+    written after the dump is not KCrash's.
+    """
+    return timestamp - V1_WRITTEN_BEFORE_US <= mtime_us <= timestamp + V1_WRITTEN_AFTER_US
 
 
 def fill_gaps(

@@ -101,6 +101,10 @@ class KCrashMetadata:
     complete: bool = False
     source: MetadataSource = MetadataSource.KCRASH_V2
     path: str = ""
+    # The file's (st_dev, st_ino) when it was read: Dismiss and the launcher act on that file
+    # only, never on whatever sits at ``path`` later. 0, 0: unknown.
+    dev: int = 0
+    ino: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,10 @@ class Crash:
     # Whether this daemon's user could read core_filename when the crash was published: a path
     # it cannot read (another user's core, a fleet machine's disk) is not shown to clients.
     core_readable: bool = True
+    # (st_dev, st_ino) of the metadata file as read (see KCrashMetadata); 0, 0 when unknown
+    # (no metadata, or a record stored before they were kept).
+    metadata_dev: int = 0
+    metadata_ino: int = 0
 
     @property
     def app_name(self) -> str:
