@@ -65,7 +65,7 @@ class Facts:
     volatile_journal: str | None
     user_journal: str | None  # <persistent>/user-<UID>.journal, when it exists
     user_journal_readable: bool  # we can open it
-    coredumpctl: str | None
+    zstd: str | None  # systemd-coredump compresses cores with zstd; backtraces unpack them
     gdb: str | None
     coredump_processor: str | None  # drkonqi-coredump-processor on KCrash's libexec path
     drkonqi: str | None
@@ -159,10 +159,13 @@ def checks(f: Facts) -> list[Check]:
         )
     out.append(_journal(f))
     out.append(
-        Check("coredumpctl", Status.OK, f.coredumpctl)
-        if f.coredumpctl
+        Check("zstd", Status.OK, f.zstd)
+        if f.zstd
         else Check(
-            "coredumpctl", Status.FAIL, "not found: no backtraces", "apt install systemd-coredump"
+            "zstd",
+            Status.WARN,
+            "not found: no backtraces of cores systemd-coredump stored compressed (*.zst)",
+            "apt install zstd",
         )
     )
     out.append(

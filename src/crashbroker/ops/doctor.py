@@ -263,7 +263,7 @@ async def gather(env: Mapping[str, str], bus_address: str | None) -> Facts:
         volatile_journal=journal.volatile_journal,
         user_journal=journal.user_journal,
         user_journal_readable=journal.user_journal_readable,
-        coredumpctl=shutil.which("coredumpctl"),
+        zstd=shutil.which("zstd"),
         gdb=shutil.which("gdb"),
         coredump_processor=_processor(env),
         drkonqi=drkonqi,
