@@ -182,6 +182,16 @@ class Recorder:
     def detected(self) -> list[dict[str, Any]]:
         return [body[1] for name, body in self.signals if name == "CrashDetected"]
 
+    def backtrace_outcomes(self, crash_id: str) -> list[dict[str, Any]]:
+        """The CrashUpdated signals of ``crash_id`` that ended a backtrace run."""
+        return [
+            body[1]
+            for name, body in self.signals
+            if name == "CrashUpdated"
+            and body[0] == crash_id
+            and (body[1].get("backtrace_available") is True or "backtrace_error" in body[1])
+        ]
+
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
         """Await a condition over what has been received; no polling of the daemon."""
         async with asyncio.timeout(timeout):
@@ -348,6 +358,23 @@ class Daemon:
 
     async def stats(self) -> dict[str, int]:
         return await self.call("GetStats")  # type: ignore[no-any-return]
+
+    async def request_backtrace(self, crash_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """RequestBacktrace, then the CrashUpdated that ends the run ({} when it was cached).
+        The client listens from before the daemon starts, so no outcome is missed."""
+        seen = len(self.client.backtrace_outcomes(crash_id))
+        if await self.call("RequestBacktrace", "s", crash_id):
+            return {}
+        outcomes = await self.client.wait_for(
+            lambda: self.client.backtrace_outcomes(crash_id)[seen:], timeout
+        )
+        return outcomes[0]  # type: ignore[no-any-return]
+
+    async def backtrace(self, crash_id: str, timeout: float = 60.0) -> str:
+        """The backtrace as a client gets it: requested, announced, then GetBacktrace."""
+        outcome = await self.request_backtrace(crash_id, timeout)
+        assert "backtrace_error" not in outcome, outcome
+        return await self.call("GetBacktrace", "s", crash_id)  # type: ignore[no-any-return]
 
     async def get_property(self, name: str) -> Any:
         reply = await bus_call(

@@ -10,6 +10,7 @@ no crash record, and memory does not grow with the history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections import Counter
@@ -19,13 +20,15 @@ from typing import Protocol, TypeVar
 
 from crashbroker.adapters.journal import JournalBatch
 from crashbroker.domain.backtrace import refined_signature
+from crashbroker.domain.claims import Claim, ClaimBook, undo
 from crashbroker.domain.correlator import Correlator, Effect, LookupMetadata, PublishCrash
-from crashbroker.domain.crash import build_crash, signature
+from crashbroker.domain.crash import build_crash, grouping
 from crashbroker.domain.cursor import CursorTracker
 from crashbroker.domain.entry import CoreFile, TrustPolicy, Verdict, classify, core_to_check
 from crashbroker.domain.errors import (
     BacktraceFailed,
     NoSuchCrash,
+    NotReady,
     NotSupported,
     RequestError,
     StoreError,
@@ -125,6 +128,7 @@ class Stats:
 
 
 STORE_RETRY_US = 5_000_000
+MAX_FAILURES_KEPT = 256  # backtrace failures GetBacktrace can still name
 
 _BURST_KEYS = ("occurrences", "burst", "loop", "last_id", "last_seen")
 
@@ -201,7 +205,10 @@ class Broker:
         self._backtracer = backtracer
         self._restored = dict(restored_states or {})
         self._bt_queue: asyncio.Queue[str] = asyncio.Queue()
-        self._bt_waiting: dict[str, asyncio.Future[str]] = {}
+        self._bt_pending: set[str] = set()  # requested: queued or running
+        # Why the last run of a crash failed (bounded; memory only): GetBacktrace answers it.
+        self._bt_failed: dict[str, RequestError] = {}
+        self._claims = ClaimBook()
         cursor = store.cursor()
         self._tracker = CursorTracker(cursor)
         self._saved_cursor = cursor
@@ -344,7 +351,7 @@ class Broker:
         self._tracker.settled(entry.key)
         if entry.key.crash_id in self._ids:
             return
-        key = signature(entry)
+        key = grouping(entry)  # exe+signal, per machine in a fleet
         first_seen = min(self._first_seen.get(key, entry.timestamp), entry.timestamp)
         crash = build_crash(
             entry,
@@ -435,7 +442,7 @@ class Broker:
         :meth:`_commit_staged`."""
         self._ids.add(crash.id)
         self._mem[crash.id] = crash
-        self._signatures[signature(crash.entry)] += 1
+        self._signatures[grouping(crash.entry)] += 1
         self._staged[crash.id] = None
         if head is not None:
             self._mem[head.id] = head
@@ -696,24 +703,59 @@ class Broker:
             self._mem.pop(crash.id, None)
         return updated
 
-    def claim(self, crash_id: str, handler: str) -> bool:
-        """Give the crash to ``handler`` unless someone has it already (or it is dismissed)."""
+    def claim(self, crash_id: str, handler: str, owner: str = "") -> bool:
+        """Give the crash to ``handler`` unless someone has it already (or it is dismissed).
+
+        ``owner``: the claimant's unique bus name; the claim is undone when it leaves the bus
+        (:meth:`claimant_left`), and only it may :meth:`release` the claim. "" ties it to none.
+        """
         crash = self.get_crash(crash_id)
         if crash.state is not CrashState.NEW:
             return False
         updated = self._replace(crash, state=CrashState.CLAIMED, claimed_by=handler)
+        self._claims.add(Claim(crash.id, handler, owner, crash.state, crash.claimed_by))
         self.publisher.crash_updated(updated, ["state", "claimed_by"])
         return True
 
-    def release(self, crash_id: str, handler: str) -> bool:
+    def release(self, crash_id: str, handler: str, owner: str = "") -> bool:
         """Give a crash ``handler`` claimed back (it could not handle it): ``new`` again.
-        False when it is not claimed by ``handler``."""
+        False when it is not claimed by ``handler``, or the claim was made over another
+        connection than ``owner``."""
         crash = self.get_crash(crash_id)
         if crash.state is not CrashState.CLAIMED or crash.claimed_by != handler:
             return False
+        if not self._claims.may_release(crash.id, handler, owner):
+            return False
+        self._claims.pop(crash.id)
         updated = self._replace(crash, state=CrashState.NEW, claimed_by="")
         self.publisher.crash_updated(updated, ["state", "claimed_by"])
         return True
+
+    def claimant_left(self, owner: str) -> int:
+        """Connection ``owner`` left the bus: each crash it still holds goes back to its state
+        before the claim (``CrashUpdated``). Returns how many did."""
+        undone = 0
+        for claim in self._claims.left(owner):
+            try:
+                crash = self._get(claim.crash_id)
+            except StoreError as exc:
+                logger.error("cannot undo the claim of %s: %s", claim.crash_id, exc)
+                continue
+            back = undo(claim, crash.state, crash.claimed_by) if crash else None
+            if crash is None or back is None:
+                continue
+            state, claimed_by = back
+            updated = self._replace(crash, state=state, claimed_by=claimed_by)
+            self.publisher.crash_updated(updated, ["state", "claimed_by"])
+            logger.info(
+                "%s (handler %s) left the bus: crash %s is %s again",
+                owner,
+                claim.handler,
+                crash.id,
+                state.value,
+            )
+            undone += 1
+        return undone
 
     def dismiss(self, crash_id: str) -> None:
         """Mark dismissed, remove its KCrash INI, announce CrashRemoved. Idempotent.
@@ -731,6 +773,7 @@ class Broker:
             ids.update(c.id for c in self._mem.values() if c.loop_head == crash.id)
             members += [c for c in map(self._get, sorted(ids)) if c and not c.dismissed]
         for member in members:
+            self._claims.pop(member.id)
             self._replace(member, state=CrashState.DISMISSED)
             self._shown -= 1
             if member.kcrash_source in (MetadataSource.KCRASH_V1, MetadataSource.KCRASH_V2):
@@ -754,6 +797,7 @@ class Broker:
             if gone.id not in self._ids:
                 continue
             self._ids.discard(gone.id)
+            self._claims.pop(gone.id)
             self._mem.pop(gone.id, None)
             self._signatures[gone.key] -= 1
             self._loops.close(gone.id)
@@ -775,69 +819,102 @@ class Broker:
 
     # ---- backtraces ---------------------------------------------------------------------------
 
-    async def backtrace(self, crash_id: str) -> str:
-        """The crash's backtrace: from the store, or made now by the one backtrace worker
-        (:meth:`run_backtraces`). Concurrent requests for one crash share one gdb run.
+    def request_backtrace(self, crash_id: str) -> bool:
+        """Ask for the crash's backtrace without waiting for it. True: it is cached
+        (:meth:`cached_backtrace` has it). False: the backtrace worker (:meth:`run_backtraces`)
+        makes it (a run already queued or running for this crash is shared) and announces the
+        outcome: ``CrashUpdated`` with ``backtrace_available``, or ``backtrace_failed``.
 
         Raises:
-            NoSuchCrash, NotSupported, NoCore, CoreTruncated, BacktraceFailed.
+            NoSuchCrash, NotSupported.
         """
         crash = self.get_crash(crash_id)
         if self._backtracer is None:
             raise NotSupported("this daemon was started without backtraces")
-        try:
-            cached = self._store.backtrace(crash.id)
-        except StoreError as exc:
-            logger.warning("backtrace cache unreadable for %s: %s", crash.id, exc)
-            cached = None
+        if self._cached(crash.id) is not None:
+            return True
+        if crash.id not in self._bt_pending:
+            self._bt_failed.pop(crash.id, None)
+            self._bt_pending.add(crash.id)
+            self._bt_queue.put_nowait(crash.id)
+        return False
+
+    def cached_backtrace(self, crash_id: str) -> str:
+        """The cached backtrace, at once; never runs gdb.
+
+        Raises:
+            NoSuchCrash, NotSupported; NotReady (none yet: :meth:`request_backtrace`); NoCore,
+            CoreTruncated, BacktraceFailed: why the last run, if no run is pending, failed.
+        """
+        crash = self.get_crash(crash_id)
+        if self._backtracer is None:
+            raise NotSupported("this daemon was started without backtraces")
+        cached = self._cached(crash.id)
         if cached is not None:
             return cached
-        waiting = self._bt_waiting.get(crash.id)
-        if waiting is None:
-            waiting = asyncio.get_running_loop().create_future()
-            # A caller that went away must not leave "exception never retrieved" behind.
-            waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
-            self._bt_waiting[crash.id] = waiting
-            self._bt_queue.put_nowait(crash.id)
-        return await asyncio.shield(waiting)
+        failed = self._bt_failed.get(crash.id)
+        if failed is not None and crash.id not in self._bt_pending:
+            raise failed
+        making = " (it is being made)" if crash.id in self._bt_pending else ""
+        raise NotReady(
+            f"no backtrace of {crash.id} yet{making}: call RequestBacktrace and wait for "
+            "CrashUpdated with backtrace_available (or backtrace_error)"
+        )
+
+    def _cached(self, crash_id: str) -> str | None:
+        try:
+            return self._store.backtrace(crash_id)
+        except StoreError as exc:
+            logger.warning("backtrace cache unreadable for %s: %s", crash_id, exc)
+            return None
 
     async def run_backtraces(self) -> None:
-        """The backtrace worker: one gdb at a time, until cancelled."""
+        """The backtrace worker: one gdb at a time, until cancelled. Each outcome is
+        announced: a success by ``CrashUpdated``, a failure by ``backtrace_failed``."""
         while True:
             crash_id = await self._bt_queue.get()
-            waiting = self._bt_waiting[crash_id]
             try:
-                text = await self._make_backtrace(crash_id)
+                await self._make_backtrace(crash_id)
             except RequestError as exc:
                 self.stats.backtrace_errors += 1
-                waiting.set_exception(exc)
+                self._bt_failed[crash_id] = exc
+                while len(self._bt_failed) > MAX_FAILURES_KEPT:
+                    self._bt_failed.pop(next(iter(self._bt_failed)))
+                self.publisher.backtrace_failed(crash_id, exc)
             except asyncio.CancelledError:
-                waiting.set_exception(BacktraceFailed("the daemon is stopping"))
+                # Best effort: whoever waits learns it at once instead of at its deadline.
+                with contextlib.suppress(Exception):
+                    stopping = BacktraceFailed("the daemon is stopping")
+                    for pending in self._bt_pending:
+                        self.publisher.backtrace_failed(pending, stopping)
                 raise
-            else:
-                waiting.set_result(text)
             finally:
-                del self._bt_waiting[crash_id]
+                self._bt_pending.discard(crash_id)
 
-    async def _make_backtrace(self, crash_id: str) -> str:
+    async def _make_backtrace(self, crash_id: str) -> None:
+        """Make, cache and announce one backtrace.
+
+        Raises:
+            RequestError: why there is none (a store failure is a BacktraceFailed: the text
+                must be cached for GetBacktrace to give it).
+        """
         assert self._backtracer is not None
-        crash = self.get_crash(crash_id)
+        try:
+            crash = self.get_crash(crash_id)
+        except StoreError as exc:
+            raise BacktraceFailed(f"the crash store cannot be read: {exc}") from exc
         logger.info("making the backtrace of %s (%s)", crash.id, crash.entry.exe)
         text = await self._backtracer.backtrace(crash.entry)
         self.stats.backtraces += 1
         try:
             self._store.save_backtrace(crash.id, text)
+            current = self._get(crash.id)  # it may have been expired while gdb ran
         except StoreError as exc:
             self.stats.store_errors += 1
             logger.error("could not cache the backtrace of %s: %s", crash.id, exc)
-        # The crash may have been expired while gdb ran.
-        try:
-            current = self._get(crash.id)
-        except StoreError as exc:
-            logger.error("cannot read crash %s after its backtrace: %s", crash.id, exc)
-            current = None
-        if current is not None:
-            refined = refined_signature(current.entry, text) or current.signature
-            updated = self._replace(current, backtrace_available=True, signature=refined)
-            self.publisher.crash_updated(updated, ["backtrace_available", "signature"])
-        return text
+            raise BacktraceFailed(f"the backtrace could not be cached: {exc}") from exc
+        if current is None:
+            raise NoSuchCrash(crash.id)
+        refined = refined_signature(current.entry, text) or current.signature
+        updated = self._replace(current, backtrace_available=True, signature=refined)
+        self.publisher.crash_updated(updated, ["backtrace_available", "signature"])

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import gc
 import json
-import logging
 import os
 import signal
 import sys
@@ -25,7 +24,7 @@ from dbus_fast import Variant
 
 from crashbroker import __version__
 from crashbroker.adapters.dbus_names import BUS_NAME
-from crashbroker.client import BrokerClient, ClientError, connect_bus
+from crashbroker.client import BACKTRACE_WAIT_S, BrokerClient, ClientError, connect_bus
 from crashbroker.domain.cursor import CatchUp
 from crashbroker.domain.text import escape_for_terminal
 
@@ -49,11 +48,26 @@ def print_table(crashes: list[dict[str, Any]], out: TextIO) -> None:
     if not crashes:
         print("No crashes.", file=out)
         return
-    rows: list[tuple[str, ...]] = [("ID", "TIME", "PID", "SIGNAL", "APP", "EXE", "STATE", "KCRASH")]
+    # A fleet's list (crashes of more than one machine) says whose each crash is.
+    fleet = len({c.get("machine_id", "") for c in crashes}) > 1
+    rows: list[tuple[str, ...]] = [
+        (
+            "ID",
+            "TIME",
+            *(("HOST",) if fleet else ()),
+            "PID",
+            "SIGNAL",
+            "APP",
+            "EXE",
+            "STATE",
+            "KCRASH",
+        )
+    ]
     for c in crashes:
         row = (
             c["id"],
             _fmt_time(c["timestamp"]),
+            *((c.get("hostname") or c.get("machine_id", "")[:12],) if fleet else ()),
             str(c["pid"]),
             c["signal_name"],
             c["app_name"],
@@ -135,6 +149,8 @@ async def cmd_list(client: BrokerClient, args: argparse.Namespace) -> int:
         flt["include_dismissed"] = Variant("b", True)
     if args.exe:
         flt["exe"] = Variant("s", args.exe)
+    if args.machine:
+        flt["machine"] = Variant("s", args.machine)
     if args.state:
         flt["state"] = Variant("s", args.state)
     if args.limit:
@@ -175,7 +191,9 @@ async def cmd_dismiss(client: BrokerClient, args: argparse.Namespace) -> int:
 async def cmd_backtrace(client: BrokerClient, args: argparse.Namespace) -> int:
     crash_id = await client.resolve(args.id)
     crash = await client.get_crash(crash_id)
-    call = asyncio.ensure_future(client.backtrace(crash_id))
+    # Requests it and waits for the daemon's CrashUpdated: no call waits on gdb (a bus call
+    # times out after 25 s; gdb may take up to the daemon's --backtrace-timeout).
+    call = asyncio.ensure_future(client.backtrace(crash_id, wait_s=args.timeout))
     exe = escape_for_terminal(crash["exe"])
     if not crash["backtrace_available"] and sys.stderr.isatty():
         await _progress(call, f"crashbroker: running gdb on the core of {exe}")
@@ -294,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
     ls.add_argument("--all", action="store_true", help="include dismissed crashes")
     ls.add_argument("--exe", help="only this executable (path or basename)")
+    ls.add_argument("--machine", help="only this machine (machine id or hostname; fleet mode)")
     ls.add_argument("--state", choices=["new", "claimed", "dismissed"])
     ls.add_argument("--limit", type=int)
     ls.add_argument("--since", type=float, metavar="SECONDS", help="only the last SECONDS")
@@ -318,10 +337,27 @@ def build_parser() -> argparse.ArgumentParser:
     bt = sub.add_parser("backtrace", help="print a crash's backtrace (gdb, cached)")
     bt.add_argument("id", help="crash id (a unique prefix is enough)")
     bt.add_argument("--json", action="store_true", help='{"id": ..., "backtrace": ...}')
+    bt.add_argument(
+        "--timeout",
+        type=float,
+        default=BACKTRACE_WAIT_S,
+        metavar="SECONDS",
+        help=f"how long to wait for gdb (default {BACKTRACE_WAIT_S:g})",
+    )
     bt.set_defaults(handler=cmd_backtrace)
 
-    ins = sub.add_parser("install", help="install the user units and the D-Bus activation file")
+    ins = sub.add_parser(
+        "install", help="install the user units, the D-Bus activation file and the desktop files"
+    )
     ins.add_argument("--bindir", type=Path, help="where the crashbroker commands are")
+    ins.add_argument(
+        "--system",
+        action="store_true",
+        help="a distribution's layout under DESTDIR/PREFIX (lib/systemd/user, share/dbus-1, "
+        "share/applications, share/knotifications{5,6}, libexec) instead of the user's",
+    )
+    ins.add_argument("--prefix", type=Path, default=Path("/usr"), help="--system: default /usr")
+    ins.add_argument("--destdir", type=Path, help="--system: staging root for a package build")
     ins.add_argument("--uninstall", action="store_true")
     ins.add_argument("--force", action="store_true", help="replace files crashbroker did not write")
     ins.add_argument(
@@ -353,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_install(args: argparse.Namespace) -> int:
     from crashbroker.ops import install as ops
 
+    if args.system:
+        return _install_system(args)
     targets = ops.Targets.from_env(os.environ)
     try:
         if args.uninstall:
@@ -378,6 +416,32 @@ def cmd_install(args: argparse.Namespace) -> int:
         "crashbroker crashbroker-notifier crashbroker-launcher crashbroker-cleanup.timer"
     )
     _kcrash_advice(targets.kcrash_dropin, dropin_written=args.kcrash_dump_only)
+    return EXIT_OK
+
+
+def _install_system(args: argparse.Namespace) -> int:
+    """``install --system``: the distribution layout, for a package (docs/operations.md)."""
+    from crashbroker.ops import install as ops
+
+    if args.uninstall or args.kcrash_dump_only:
+        print("crashbroker install: --system takes no --uninstall or --kcrash-dump-only "
+              "(the package manager removes what it installed)", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    if not args.prefix.is_absolute():
+        print("crashbroker install: --prefix must be absolute", file=sys.stderr)
+        return EXIT_USAGE
+    targets = ops.Targets.system(args.prefix, args.destdir)
+    try:
+        result = ops.install(
+            targets, args.bindir or args.prefix / "bin", libexecdir=args.prefix / "libexec"
+        )
+    except ops.InstallError as exc:
+        print(f"crashbroker install: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for path in result.written:
+        print(f"wrote {path}")
+    for path in result.unchanged:
+        print(f"unchanged {path}")
     return EXIT_OK
 
 
@@ -480,12 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         return asyncio.run(cmd_doctor(args))
     if args.command == "daemon":
-        from crashbroker import daemon
+        from crashbroker import daemon, logs
         from crashbroker.config import Config
 
-        logging.basicConfig(
-            level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-        )
+        logs.configure(args.log_level)
         config = Config.from_env(
             os.environ,
             state_dir=args.state_dir,

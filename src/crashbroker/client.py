@@ -34,6 +34,11 @@ _KINDS: dict[str, Literal["detected", "updated", "removed"]] = {
 }
 
 
+# How long `backtrace` waits for the daemon's gdb: runs are one at a time, each within the
+# daemon's --backtrace-timeout (default 120 s), so a queue ahead of ours can take a while.
+BACKTRACE_WAIT_S = 300.0
+
+
 class ClientError(Exception):
     """A D-Bus call failed; ``name`` is the D-Bus error name."""
 
@@ -51,6 +56,21 @@ class ClientError(Exception):
     def short_name(self) -> str:
         """``NoSuchCrash`` for ``org.kde.crashbroker1.Error.NoSuchCrash``."""
         return self.name.removeprefix(ERROR_PREFIX)
+
+
+class BacktraceTimeout(ClientError):
+    """No backtrace arrived within the client's own deadline (the daemon may still make it)."""
+
+    def __init__(self, crash_id: str, timeout: float) -> None:
+        super().__init__(
+            "org.freedesktop.DBus.Error.Timeout",
+            f"no backtrace of {crash_id} within {timeout:g} s; gdb may still be running in the "
+            "daemon: ask again later",
+        )
+
+    @property
+    def short_name(self) -> str:
+        return "Timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +94,10 @@ class BrokerClient:
     def __init__(self, bus: MessageBus) -> None:
         self.bus = bus
         self._events: asyncio.Queue[CrashEvent] | None = None
+        self._listening = False
+        self._listen_lock = asyncio.Lock()
+        # Callers of backtrace() waiting for the CrashUpdated that ends a run, by crash id.
+        self._bt_waiters: dict[str, list[asyncio.Future[Record]]] = {}
 
     async def call(
         self,
@@ -137,8 +161,43 @@ class BrokerClient:
     async def dismiss(self, crash_id: str) -> None:
         await self.call("Dismiss", "s", [crash_id])
 
-    async def backtrace(self, crash_id: str) -> str:
+    async def request_backtrace(self, crash_id: str) -> bool:
+        """``RequestBacktrace``: True when cached, else the daemon makes it (CrashUpdated)."""
+        return bool(await self.call("RequestBacktrace", "s", [crash_id]))
+
+    async def cached_backtrace(self, crash_id: str) -> str:
+        """``GetBacktrace``: the cached text; ClientError ``NotReady`` when there is none."""
         return str(await self.call("GetBacktrace", "s", [crash_id]))
+
+    async def backtrace(self, crash_id: str, wait_s: float = BACKTRACE_WAIT_S) -> str:
+        """The crash's backtrace, made by the daemon if need be: listen, request, wait for the
+        ``CrashUpdated`` that ends the run (no call waits on gdb), then fetch the text.
+
+        Raises:
+            ClientError: the request or the run failed (NoSuchCrash, NoCore, CoreTruncated,
+                BacktraceFailed, …); BacktraceTimeout after ``wait_s`` seconds.
+        """
+        await self._listen()  # before the request: the outcome cannot be missed
+        done: asyncio.Future[Record] = asyncio.get_running_loop().create_future()
+        waiters = self._bt_waiters.setdefault(crash_id, [])
+        waiters.append(done)
+        try:
+            if not await self.request_backtrace(crash_id):
+                try:
+                    async with asyncio.timeout(wait_s):
+                        outcome = await done
+                except TimeoutError:
+                    raise BacktraceTimeout(crash_id, wait_s) from None
+                if "backtrace_error" in outcome:
+                    raise ClientError(
+                        str(outcome["backtrace_error"]),
+                        str(outcome.get("backtrace_error_message", "")),
+                    )
+            return await self.cached_backtrace(crash_id)
+        finally:
+            waiters.remove(done)
+            if not waiters:
+                del self._bt_waiters[crash_id]
 
     async def resolve(self, crash_id: str) -> str:
         """Accept a unique id prefix, as git does for commits.
@@ -159,25 +218,45 @@ class BrokerClient:
 
     async def subscribe(self) -> None:
         """Start queueing the daemon's signals; call before reading state to miss nothing."""
-        if self._events is not None:
-            return
-        self._events = asyncio.Queue()
-        self.bus.add_message_handler(self._on_message)
-        await self._bus_call(
-            "AddMatch",
-            "s",
-            f"type='signal',sender='{BUS_NAME}',interface='{MANAGER_INTERFACE}',"
-            f"path='{OBJECT_PATH}'",
-        )
+        if self._events is None:
+            self._events = asyncio.Queue()
+        await self._listen()
+
+    async def _listen(self) -> None:
+        """Receive the daemon's signals (for subscribe() and backtrace()); returns once the
+        match rule is in place, also to a second caller arriving while it is being added."""
+        async with self._listen_lock:
+            if self._listening:
+                return
+            self.bus.add_message_handler(self._on_message)
+            try:
+                await self._bus_call(
+                    "AddMatch",
+                    "s",
+                    f"type='signal',sender='{BUS_NAME}',interface='{MANAGER_INTERFACE}',"
+                    f"path='{OBJECT_PATH}'",
+                )
+            except BaseException:
+                self.bus.remove_message_handler(self._on_message)
+                raise
+            self._listening = True
 
     def _on_message(self, msg: Message) -> None:
         if msg.message_type != MessageType.SIGNAL or msg.interface != MANAGER_INTERFACE:
             return
         kind = _KINDS.get(msg.member or "")
-        if kind is None or self._events is None:
+        if kind is None:
             return
         body = unwrap(msg.body)
-        self._events.put_nowait(CrashEvent(kind, str(body[0]), body[1] if len(body) > 1 else {}))
+        event = CrashEvent(kind, str(body[0]), body[1] if len(body) > 1 else {})
+        if kind == "updated" and (
+            event.data.get("backtrace_available") is True or "backtrace_error" in event.data
+        ):
+            for waiter in self._bt_waiters.get(event.crash_id, ()):
+                if not waiter.done():
+                    waiter.set_result(event.data)
+        if self._events is not None:
+            self._events.put_nowait(event)
 
     async def events(self) -> AsyncIterator[CrashEvent]:
         """The daemon's signals, in order, forever (until the bus connection ends)."""

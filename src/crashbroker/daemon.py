@@ -153,6 +153,7 @@ async def run(config: Config) -> int:
         bus.export(OBJECT_PATH, interface)
         stack.callback(bus.unexport, OBJECT_PATH, interface)
         stack.callback(interface.attach(bus))
+        stack.callback(await interface.serve_claims(bus))  # before the name: no claim untied
         if dbus_wire.AVAILABLE:
             store.set_renderer(interface.list_chunk, LISTING_TAG)
         broker.publisher = interface

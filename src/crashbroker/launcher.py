@@ -311,6 +311,39 @@ class Launcher:
         self.launched = 0
         self.children: set[asyncio.Task[None]] = set()
 
+    async def reclaim_open_windows(self) -> None:
+        """Claim again the crashes whose DrKonqi (a transient unit we started) still runs: our
+        claims ended with our previous connection, and without them a "Report…" would start a
+        second DrKonqi for a crash whose window is open."""
+        socket_path = manager_socket(self._options.env)
+        systemctl = shutil.which("systemctl", path=self._options.env.get("PATH"))
+        if not socket_path or systemctl is None:
+            return
+        if not await asyncio.to_thread(os.path.exists, socket_path):
+            return
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                systemctl, "--user", "list-units", "--plain", "--no-legend",
+                "--state=activating,active", f"{drkonqi.UNIT_PREFIX}*",
+                env=dict(self._options.env), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            async with asyncio.timeout(SYSTEMD_RUN_TIMEOUT_S):
+                out, _ = await proc.communicate()
+        except (OSError, TimeoutError) as exc:
+            logger.warning("cannot list DrKonqi units still open: %s", exc)
+            return
+        for line in out.decode(errors="replace").splitlines():
+            crash_id = drkonqi.crash_of_unit(line.split(" ", 1)[0])
+            if crash_id is None:
+                continue
+            try:
+                ok = await self._client.claim(crash_id, drkonqi.HANDLER)
+            except ClientError as exc:
+                logger.info("DrKonqi for %s still runs; not claimed again: %s", crash_id, exc)
+                continue
+            logger.info("DrKonqi for %s still runs; claimed again: %s", crash_id, ok)
+
     async def on_event(self, event: CrashEvent) -> None:
         """Only CrashDetected launches; a loop's CrashUpdated never does."""
         if event.kind != "detected" or self._options.on_request_only:
@@ -335,7 +368,8 @@ class Launcher:
         skip = drkonqi.should_launch(
             crash, kde_debug="KDE_DEBUG" in self._options.env, explicit=explicit
         )
-        argv = drkonqi.arguments(crash["kcrash"], self._options.flavor)
+        # A user's "Report…" wants the dialog now, not DrKonqi's own notification first.
+        argv = drkonqi.arguments(crash["kcrash"], self._options.flavor, dialog=explicit)
         if skip is None and argv is None:
             skip = Skip.NO_ARGUMENTS
         record: Path | None = None
@@ -501,7 +535,7 @@ class Launcher:
         systemd_run: str,
     ) -> tuple[_Outcome, str]:
         """Start DrKonqi as a transient service of the user manager; the outcome and why."""
-        unit = drkonqi.unit_name(secrets.token_hex(8))
+        unit = drkonqi.unit_name(secrets.token_hex(8), str(crash["id"]))
         exe = str(crash["exe"]).rsplit("/", 1)[-1]
         command = drkonqi.systemd_run_command(
             systemd_run,
@@ -621,6 +655,7 @@ async def run(args: argparse.Namespace) -> int:
 
             async def pump() -> None:
                 await _wait_for_daemon(client)
+                await launcher.reclaim_open_windows()
                 async for event in client.events():
                     await launcher.on_event(event)
 
@@ -674,9 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    from crashbroker import logs
+
+    logs.configure(args.log_level)
     try:
         return asyncio.run(run(args))
     except OSError as exc:

@@ -21,6 +21,9 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import xdg.DesktopEntry
+import xdg.Exceptions
+import xdg.Locale
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
@@ -47,35 +50,43 @@ def _desktop_dirs(env: Mapping[str, str]) -> list[Path]:
     return [Path(d) / "applications" for d in dirs if d]
 
 
-def read_desktop_entry(path: Path) -> AppInfo | None:
-    """Name and Icon of a desktop entry (the unlocalised keys)."""
+def _language(env: Mapping[str, str]) -> str | None:
+    """The messages locale, as gettext chooses it."""
+    for key in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        if env.get(key):
+            return env[key]
+    return None
+
+
+def read_desktop_entry(path: Path, env: Mapping[str, str] | None = None) -> AppInfo | None:
+    """Name (localized for ``env``'s locale) and Icon of a desktop entry, read by pyxdg."""
+    if not path.is_file():
+        return None  # pyxdg would make a new, empty entry
+    xdg.Locale.update(_language(env if env is not None else os.environ))
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")[:65536]
-    except OSError:
+        entry = xdg.DesktopEntry.DesktopEntry(str(path))
+        name = str(entry.getName() or "")
+        icon = str(entry.getIcon() or "")
+    except (xdg.Exceptions.Error, OSError, UnicodeError, ValueError) as exc:
+        logger.debug("desktop entry %s not read: %s", path, exc)
         return None
-    values: dict[str, str] = {}
-    in_entry = False
-    for line in text.splitlines():
-        if line.startswith("["):
-            in_entry = line.strip() == "[Desktop Entry]"
-        elif in_entry and "=" in line:
-            key, value = line.split("=", 1)
-            values.setdefault(key.strip(), value.strip())
-    if not values.get("Name"):
+    if not name or entry.getHidden():
         return None
-    return AppInfo(values["Name"], values.get("Icon") or n.DEFAULT_ICON, path.stem)
+    return AppInfo(name, icon or n.DEFAULT_ICON, path.stem)
 
 
 def app_info(crash: Mapping[str, Any], env: Mapping[str, str]) -> AppInfo:
-    """From ``<exe>.desktop`` / ``org.kde.<name>.desktop`` when there is one."""
+    """The crashed program's desktop entry: the one its user unit names (systemd's
+    ``app-<id>…`` convention, how Plasma and others start applications), else
+    ``<exe>.desktop`` / ``org.kde.<exe>.desktop`` / ``org.kde.<appname>.desktop``."""
     base = str(crash.get("exe") or crash.get("comm") or "").rsplit("/", 1)[-1]
     appname = str(crash.get("kcrash", {}).get("appname", ""))
-    names = [f"{x}.desktop" for x in (base, f"org.kde.{base}", f"org.kde.{appname}") if x]
+    ids = n.unit_desktop_ids(str(crash.get("user_unit") or ""))
+    ids += [x for x in (base, f"org.kde.{base}", f"org.kde.{appname}") if x]
+    names = [f"{x}.desktop" for x in ids if "/" not in x and x != n.DESKTOP_ENTRY]
     for directory in _desktop_dirs(env):
         for name in names:
-            if "/" in name:
-                continue
-            found = read_desktop_entry(directory / name)
+            found = read_desktop_entry(directory / name, env)
             if found:
                 return found
     return AppInfo(str(crash.get("app_name") or base or "A program"))
@@ -274,6 +285,7 @@ class Notifier:
                     summary="Could not start the crash reporter",
                     body=f"crashbroker-launcher refused or is not running ({n.escape(str(why))}).",
                     actions=(),
+                    event=n.EVENT_REPORT_FAILED,
                 )
             )
 
@@ -367,9 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    from crashbroker import logs
+
+    logs.configure(args.log_level)
     try:
         return asyncio.run(run(args))
     except OSError as exc:

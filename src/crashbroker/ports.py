@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
+from crashbroker.domain.errors import RequestError
 from crashbroker.domain.model import CoredumpEntry, Crash, KCrashMetadata
 
 
@@ -33,6 +34,10 @@ class Publisher(Protocol):
     def crash_updated(self, crash: Crash, changed: Sequence[str]) -> None: ...
 
     def crash_removed(self, crash_id: str) -> None: ...
+
+    def backtrace_failed(self, crash_id: str, error: RequestError) -> None:
+        """A requested backtrace could not be made: ``error`` says why."""
+        ...
 
     def properties_changed(self, names: Sequence[str]) -> None: ...
 
@@ -65,6 +70,9 @@ class NullPublisher:
         pass
 
     def crash_removed(self, crash_id: str) -> None:
+        pass
+
+    def backtrace_failed(self, crash_id: str, error: RequestError) -> None:
         pass
 
     def properties_changed(self, names: Sequence[str]) -> None:

@@ -289,3 +289,20 @@ def test_only_drkonqis_options_with_harmless_values_are_passed(
 def test_no_arguments_without_a_numeric_pid_and_signal() -> None:
     assert drkonqi.arguments({"pid": "-platform", "signal": "11"}, Flavor.V5) is None
     assert drkonqi.arguments({"pid": "7", "signal": "x"}, Flavor.V5) is None
+
+
+@pytest.mark.parametrize("flavor", list(Flavor))
+def test_a_users_report_asks_for_the_dialog_at_once(flavor: Flavor) -> None:
+    argv = drkonqi.arguments(KCRASH, flavor, dialog=True)
+    assert argv is not None and argv[-1] == "--dialog"
+    assert "--dialog" not in (drkonqi.arguments(KCRASH, flavor) or [])
+    assert "--dialog" not in (drkonqi.arguments({**KCRASH, "dialog": "true"}, flavor) or [])
+
+
+def test_a_drkonqi_unit_names_its_crash_for_a_restarted_launcher() -> None:
+    name = drkonqi.unit_name("0123abcd", "c67beafc88c6bbe94")
+    assert name == "app-crashbroker-org.kde.drkonqi@c67beafc88c6bbe94-0123abcd.service"
+    assert drkonqi.crash_of_unit(name) == "c67beafc88c6bbe94"
+    assert drkonqi.crash_of_unit(drkonqi.unit_name("0123abcd")) is None
+    assert drkonqi.unit_name("0123abcd", "c/../x") == drkonqi.unit_name("0123abcd")
+    assert drkonqi.crash_of_unit("app-other@c1-0.service") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,11 +32,48 @@ def test_single_crash_notice_has_details_report_and_dismiss() -> None:
     assert notice.summary == "Kronometer crashed"
     assert "(pid 42) received SIGSEGV" in notice.body
     assert notice.actions[::2] == ("default", "details", "report", "dismiss")
-    assert (notice.icon, notice.desktop_entry, notice.urgency) == (
+    # crashbroker is the sender (its icon); the crashed program is the image.
+    assert (notice.icon, notice.image, notice.event, notice.urgency) == (
+        "tools-report-bug",
         "kronometer",
-        "org.kde.kronometer",
+        "crashed",
         1,
     )
+
+
+def test_an_icon_file_becomes_a_file_uri_for_image_path() -> None:
+    notice = n.crash_notice(crash(), AppInfo("K", "/opt/k/my icon.png"), can_report=False)
+    assert notice.image == "file:///opt/k/my%20icon.png"
+
+
+@pytest.mark.parametrize(
+    ("unit", "ids"),
+    [
+        ("app-org.kde.kronometer@3f2a.service", ["org.kde.kronometer"]),
+        ("app-org.kde.kate-12345.scope", ["org.kde.kate"]),
+        (
+            "app-gnome-org.gnome.Terminal-991.scope",
+            ["gnome-org.gnome.Terminal", "org.gnome.Terminal"],
+        ),
+        (r"app-my\x2dapp@1.service", ["my-app"]),
+        ("app-firefox.service", ["firefox"]),
+        ("plasma-kwin_x11.service", []),
+        ("app-..@1.service", []),
+        ("", []),
+    ],
+)
+def test_desktop_ids_from_the_user_unit(unit: str, ids: list[str]) -> None:
+    assert n.unit_desktop_ids(unit) == ids
+
+
+def test_events_name_the_notifyrc_groups() -> None:
+    loop = n.crash_notice(crash(burst=3), AppInfo("K"), can_report=False)
+    away = n.past_summary([crash(past=True)])
+    assert loop.event == "crashLoop" and away is not None and away.event == "crashesWhileAway"
+    groups = (Path(__file__).parents[2] / "desktop" / "crashbroker.notifyrc").read_text()
+    for event in (n.EVENT_CRASHED, n.EVENT_LOOP, n.EVENT_AWAY, n.EVENT_REPORT_FAILED):
+        assert f"[Event/{event}]" in groups
+    assert f"DesktopEntry={n.DESKTOP_ENTRY}" in groups
 
 
 @pytest.mark.parametrize(("kcrash", "can_report"), [({}, True), ({"a": "b"}, False)])

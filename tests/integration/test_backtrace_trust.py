@@ -142,11 +142,11 @@ async def test_backtrace_uses_the_trusted_entrys_journal_core_not_a_forged_one(
     b = await daemon.client.crash(int(real_b["COREDUMP_PID"]))
     assert (await daemon.stats())["forged"] == 2
 
-    text = await daemon.call("GetBacktrace", "s", a["id"])
+    text = await daemon.backtrace(a["id"])
     assert mark in text and "#0 " in text
     assert other_mark not in text
     started = time.monotonic()
-    text = await daemon.call("GetBacktrace", "s", b["id"])
+    text = await daemon.backtrace(b["id"])
     assert time.monotonic() - started < 15
     assert mark in text and "#0 " in text
     assert list(daemon.tmpdir.iterdir()) == []  # no copy of a core left behind
@@ -277,6 +277,6 @@ async def test_all_users_daemon_as_root_backtraces_another_users_crash_as_that_u
     await daemon.start()
     crash = await daemon.client.crash(int(entry["COREDUMP_PID"]))
     assert crash["uid"] == NOBODY
-    text = await daemon.call("GetBacktrace", "s", crash["id"])
+    text = await daemon.backtrace(crash["id"])
     assert mark in text and "#0 " in text
     assert log.read_text().splitlines()[0] == f"uid={NOBODY} gid={NOBODY} groups={NOBODY}"

@@ -336,7 +336,8 @@ async def test_claim_dismiss_and_named_errors(daemon: Daemon, remote_journal: Re
         ("ListCrashes", "a{sv}", [variant_filter(state="weird")], "InvalidArgs"),
         ("ListCrashes", "a{sv}", [variant_filter(exe=7)], "InvalidArgs"),
         ("GetBacktrace", "s", ["nope"], "NoSuchCrash"),
-        ("GetBacktrace", "s", [crash_id], "NoCore"),  # synthesised: no COREDUMP_FILENAME
+        ("RequestBacktrace", "s", ["nope"], "NoSuchCrash"),
+        ("GetBacktrace", "s", [crash_id], "NotReady"),  # none requested (the run would: NoCore)
     ]
     for member, sig, body, err in cases:
         reply = await bus_call(bus, member, sig, body)

@@ -25,6 +25,13 @@ from crashbroker.domain.query import CrashFilter, newest_first
 
 T0 = 1_700_000_000_000_000
 EXES = ["/usr/bin/kate", "/usr/bin/dolphin", "/usr/bin/kate (deleted)", "/opt/kate"]
+# (machine id, hostname) of a fleet: a hostname may be shared, or be another machine's id.
+MACHINES = [
+    ("3d1219c7c4c5404aaa1f6d2a48adfda4", "vm"),
+    ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "vm"),
+    ("bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+    ("cccccccccccccccccccccccccccccccc", "build-1"),
+]
 
 
 crash_rows = st.lists(
@@ -33,6 +40,7 @@ crash_rows = st.lists(
         st.integers(0, 3),  # realtime step
         st.sampled_from(EXES),
         st.sampled_from(list(CrashState)),
+        st.sampled_from(MACHINES),
     ),
     max_size=25,
 )
@@ -45,16 +53,30 @@ filters = st.fixed_dictionaries(
         "state": st.sampled_from([s.value for s in CrashState]),
         "limit": st.integers(1, 30),
         "include_dismissed": st.booleans(),
+        "machine": st.sampled_from(
+            [
+                *(m for m, _ in MACHINES),
+                "vm",
+                "build-1",
+                "BBBBBBBB-BBBB-BBBB-BBBB-BBBBBBBBBBBB",
+                "nothing",
+            ]
+        ),
     },
 )
 
 
-def build(rows: list[tuple[int, int, str, CrashState]]) -> list[Crash]:
+Row = tuple[int, int, str, CrashState, tuple[str, str]]
+
+
+def build(rows: list[Row]) -> list[Crash]:
     crashes, ts, rt = [], T0, T0
-    for pid, (step, rstep, exe, state) in enumerate(rows, start=1):
+    for pid, (step, rstep, exe, state, (machine, host)) in enumerate(rows, start=1):
         ts += step
         rt += rstep
-        crashes.append(make_crash(pid, ts, rt, exe, state))
+        crash = make_crash(pid, ts, rt, exe, state)
+        entry = dataclasses.replace(crash.entry, machine_id=machine, hostname=host, fleet=True)
+        crashes.append(dataclasses.replace(crash, id=entry.key.crash_id, entry=entry))
     return crashes
 
 
@@ -65,7 +87,7 @@ def render(crash: Crash) -> bytes:
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=crash_rows, raw=filters)
 def test_sql_selects_what_the_filter_selects(
-    tmp_path: Path, rows: list[tuple[int, int, str, CrashState]], raw: dict[str, object]
+    tmp_path: Path, rows: list[Row], raw: dict[str, object]
 ) -> None:
     db = tmp_path / "crashes.sqlite"
     db.unlink(missing_ok=True)
@@ -164,6 +186,13 @@ def test_a_schema_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     store = CrashStore(path)
     assert store.ids() == {c.id for c in old}  # the unreadable row is dropped, with a warning
     assert store.crashes(CrashFilter.parse({"exe": "kate"})) == [old[0]]
+    # schema 3's machine and host columns are filled from the records
+    assert store.crashes(CrashFilter.parse({"machine": "vm", "include_dismissed": True})) == [
+        old[1],
+        old[0],
+    ]
+    assert store.crashes(CrashFilter.parse({"machine": old[0].entry.machine_id})) == [old[0]]
+    assert store.crashes(CrashFilter.parse({"machine": "other"})) == []
     assert store.count_shown() == 1
     assert store.cursor() == "old-cursor"
     store.set_renderer(render, "t1")

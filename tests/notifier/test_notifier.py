@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -140,15 +141,61 @@ def dunst(bus_address: str, tmp_path: Path) -> Any:
             p.wait(timeout=10)
 
 
+class Monitor:
+    """dbus-monitor on the test's bus: the Notify calls as sent, hints included (dunst's
+    script hook does not show hints like ``x-kde-eventId``)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def hints(self) -> list[dict[str, str]]:
+        """Per Notify call: each string/byte hint's value."""
+        calls = self.log.read_text(errors="replace").split("method call ")[1:]
+        return [
+            dict(re.findall(r'string "([^"]+)"\s+variant\s+(?:string "([^"]*)"|byte \d+)', c))
+            for c in calls
+            if "member=Notify" in c.splitlines()[0]
+        ]
+
+    async def wait(self, count: int, timeout: float = 20.0) -> list[dict[str, str]]:
+        async with asyncio.timeout(timeout):
+            while len(got := self.hints()) < count:  # noqa: ASYNC110 (dbus-monitor's output)
+                await asyncio.sleep(0.05)
+        return got
+
+
+@pytest.fixture
+async def monitor(bus_address: str, tmp_path: Path) -> AsyncIterator[Monitor]:
+    if shutil.which("dbus-monitor") is None:
+        missing_rig("dbus-monitor is not installed (package dbus-bin)")
+    log = tmp_path / "monitor.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            "dbus-monitor", "--address", bus_address,
+            "type='method_call',interface='org.freedesktop.Notifications',member='Notify'",
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        async with asyncio.timeout(10):
+            while "NameAcquired" not in log.read_text(errors="replace"):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        yield Monitor(log)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
 class NotifierProc:
     def __init__(self, daemon: Daemon, log: Path) -> None:
         self.daemon = daemon
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
+        self.env_extra: dict[str, str] = {}
 
     async def start(self) -> None:
         env = self.daemon.env()
         env["XDG_DATA_DIRS"] = "/usr/share"
+        env.update(self.env_extra)
         with self.log.open("a") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "crashbroker.notifier", "--log-level=DEBUG",
@@ -195,8 +242,9 @@ async def start(daemon: Daemon, rj: RemoteJournal, *extra: str) -> None:
 
 
 async def test_a_crash_is_notified_with_app_name_icon_and_actions_and_dismiss_works(
-    daemon: Daemon, remote_journal: RemoteJournal, dunst: Dunst, notifier: NotifierProc
-):
+    daemon: Daemon, remote_journal: RemoteJournal, dunst: Dunst, notifier: NotifierProc,
+    monitor: Monitor,
+):  # fmt: skip
     await start(daemon, remote_journal)
     await notifier.start()
     entry = kronometer(daemon, remote_journal)
@@ -205,9 +253,15 @@ async def test_a_crash_is_notified_with_app_name_icon_and_actions_and_dismiss_wo
     [shown] = await dunst.wait(lambda got: len(got) == 1)
     assert shown["DUNST_APP_NAME"] == "crashbroker"
     assert shown["DUNST_SUMMARY"] == "Kronometer crashed"
-    assert shown["DUNST_DESKTOP_ENTRY"] == "org.kde.kronometer"
-    assert shown["DUNST_ICON_PATH"].endswith("/kronometer.png")  # the desktop entry's Icon=
+    # crashbroker is the sender (its own desktop entry, as KNotification sends it); the crashed
+    # program is the image: image-path from its desktop entry's Icon=, resolved by dunst.
+    assert shown["DUNST_DESKTOP_ENTRY"] == "org.kde.crashbroker"
+    assert shown["DUNST_ICON_PATH"].endswith("/kronometer.png")
     assert f"(pid {crash['pid']}) received SIGSEGV" in shown["DUNST_BODY"]
+    [hints] = await monitor.wait(1)
+    assert hints["desktop-entry"] == "org.kde.crashbroker"
+    assert (hints["x-kde-appname"], hints["x-kde-eventId"]) == ("crashbroker", "crashed")
+    assert hints["image-path"] == "kronometer"
 
     menu = await dunst.choose(f"[{shown['DUNST_ID']},dismiss]")
     assert f"[{shown['DUNST_ID']},details]" in menu and "Report" not in menu  # no launcher running
@@ -216,6 +270,31 @@ async def test_a_crash_is_notified_with_app_name_icon_and_actions_and_dismiss_wo
     async with asyncio.timeout(10):
         while await dunst.displayed():  # CrashRemoved closed it  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+
+
+async def test_the_crashed_app_is_found_by_its_user_unit_with_its_localized_name(
+    daemon: Daemon, remote_journal: RemoteJournal, dunst: Dunst, notifier: NotifierProc,
+    monitor: Monitor, tmp_path: Path,
+):  # fmt: skip
+    apps = tmp_path / "data" / "applications"
+    apps.mkdir(parents=True)
+    (apps / "org.example.Crashy.desktop").write_text(
+        "[Desktop Entry]\nType=Application\nName=Crashy\nName[de]=Absturzprogramm\n"
+        "Icon=/usr/share/icons/hicolor/48x48/apps/kronometer.png\nExec=crashy\n"
+    )
+    notifier.env_extra = {"XDG_DATA_HOME": str(apps.parent), "LANG": "de_DE.UTF-8"}
+    notifier.env_extra |= {"LC_ALL": "", "LC_MESSAGES": ""}
+    await start(daemon, remote_journal)
+    await notifier.start()
+    # How Plasma starts an application: a transient unit named after its desktop file id.
+    entry = remote_journal.coredump(COREDUMP_USER_UNIT=r"app-org.example.Crashy@1a2b.service")
+    remote_journal.append(entry)
+    [shown] = await dunst.wait(lambda got: len(got) == 1)
+    assert shown["DUNST_SUMMARY"] == "Absturzprogramm crashed"
+    assert shown["DUNST_ICON_PATH"] == "/usr/share/icons/hicolor/48x48/apps/kronometer.png"
+    [hints] = await monitor.wait(1)
+    assert hints["image-path"] == "file:///usr/share/icons/hicolor/48x48/apps/kronometer.png"
+    assert hints["desktop-entry"] == "org.kde.crashbroker"
 
 
 async def test_hostile_names_are_escaped_for_markup(
@@ -244,6 +323,7 @@ async def test_a_crash_loop_is_one_notification_replaced_in_place(
     )
     assert {g["DUNST_ID"] for g in got} == {got[0]["DUNST_ID"]}  # always the same notification
     assert got[-1]["DUNST_URGENCY"] == "CRITICAL" and "keeps crashing" in got[-1]["DUNST_BODY"]
+    assert got[-1]["DUNST_DESKTOP_ENTRY"] == "org.kde.crashbroker"
     assert await dunst.displayed() == 1
     # Details (the default action: a click) replaces it with what a user needs.
     await dunst.choose(f"[{got[0]['DUNST_ID']},default]")
@@ -298,6 +378,7 @@ async def test_report_asks_the_launcher(
         assert "Report" in menu
         [run] = await rec.wait()
         assert "--programname" in run["argv"]
+        assert run["argv"][-1] == "--dialog"  # the user asked: the dialog, not a notification
         assert (await daemon.call("GetCrash", "s", crash["id"]))["claimed_by"] == (
             "crashbroker-launcher"
         )

@@ -119,7 +119,7 @@ async def test_install_is_idempotent_respects_foreign_files_and_uninstalls(
 ):
     assert (await run("install", env=home))[0] == 0
     rc, out, _ = await run("install", env=home)
-    assert rc == 0 and "wrote" not in out and out.count("unchanged") == 6
+    assert rc == 0 and "wrote" not in out and out.count("unchanged") == 9
     units = Path(home["HOME"]) / ".config/systemd/user"
     mine = units / "crashbroker-notifier.service"
     mine.write_text("[Service]\nExecStart=/bin/true\n")  # the user's own file now
@@ -127,7 +127,7 @@ async def test_install_is_idempotent_respects_foreign_files_and_uninstalls(
     assert rc == 1 and "was not written by crashbroker" in err
     assert mine.read_text() == "[Service]\nExecStart=/bin/true\n"
     rc, out, _ = await run("install", "--uninstall", env=home)
-    assert rc == 0 and out.count("removed") == 5
+    assert rc == 0 and out.count("removed") == 8
     assert mine.exists()  # not ours: left alone
     assert (await run("install", "--force", env=home))[0] == 0
     assert "crashbroker-notifier" in mine.read_text()
@@ -154,11 +154,11 @@ async def test_install_kcrash_dump_only_writes_a_dropin_systemd_reads_and_uninst
     assert "KCRASH_DUMP_ONLY=1" in generated
 
     rc, out, _ = await run("install", "--kcrash-dump-only", env=home)
-    assert rc == 0 and "wrote" not in out and out.count("unchanged") == 7
+    assert rc == 0 and "wrote" not in out and out.count("unchanged") == 10
     rc, out, _ = await run("install", env=home)  # a plain install leaves the drop-in alone
     assert rc == 0 and dropin.exists() and str(dropin) not in out
     rc, out, _ = await run("install", "--uninstall", env=home)
-    assert rc == 0 and f"removed {dropin}" in out and out.count("removed") == 7
+    assert rc == 0 and f"removed {dropin}" in out and out.count("removed") == 10
     assert not dropin.exists()
 
     # The user's own file of that name is neither replaced nor removed.

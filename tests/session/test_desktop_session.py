@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import COREDUMP_MESSAGE_ID, boot_id
-from desktop_session import DISPLAY, Session, Watcher, proc_state, wait_until
+from desktop_session import DISPLAY, ROOT, Session, Watcher, proc_state, wait_until
 
 pytestmark = [pytest.mark.rig, pytest.mark.timeout(600)]
 
@@ -196,6 +199,16 @@ def test_forgeries_of_the_same_user_are_dropped(installed: Session, watcher: Wat
     assert not any(f"--pid {fake_pid}" in r for r in s.records()[records_before:])
     bt = s.run("crashbroker", "backtrace", real["id"], timeout=180).stdout
     assert "nanosleep" in bt
+    # The daemon's warnings reach the user's journal with their priority (issue 15: `<N>`
+    # prefixes on the unit's stderr stream): `journalctl --user -p warning` finds them.
+    warnings = s.run("journalctl", "--user", "-p", "warning", "-o", "json", "--no-pager").stdout
+    dropped = [
+        e for e in map(json.loads, warnings.splitlines())
+        if "dropped forged coredump entry" in str(e.get("MESSAGE", ""))
+    ]  # fmt: skip
+    assert dropped, "no forged-entry warning in the user's journal at priority <= 4"
+    assert all(e["PRIORITY"] == "4" for e in dropped)
+    assert not any(str(e["MESSAGE"]).startswith("<4>") for e in dropped)
 
 
 def test_kill_9_restart_catches_up_with_nothing_lost_or_repeated(
@@ -369,8 +382,13 @@ def test_kcrash_dump_only_drop_in_gives_one_drkonqi_from_our_launcher_outside_it
         s.systemctl("restart", "crashbroker-launcher.service")
         assert s.main_pid("crashbroker-launcher.service") not in (0, old)
         assert proc_state(drkonqi) is not None  # the DrKonqi window is still open
-        claimed = s.crash_of(pid)
-        assert claimed is not None and claimed["state"] == "claimed"
+        # The claim ended with the old launcher's connection; the new one finds the DrKonqi
+        # unit still running and claims the crash again (no second DrKonqi on "Report…").
+        wait_until(
+            "the restarted launcher to claim again",
+            lambda: (s.crash_of(pid) or {}).get("state") == "claimed",
+            30,
+        )
         # Once: a later crash settles the launcher's work; still one DrKonqi for this crash.
         later = s.crash_sleep()
         watcher.detected(later)
@@ -379,3 +397,68 @@ def test_kcrash_dump_only_drop_in_gives_one_drkonqi_from_our_launcher_outside_it
         s.run("rm", "-f", str(dropin))
         s.systemctl("daemon-reload")
         s.systemctl("unset-environment", "KCRASH_DUMP_ONLY")
+
+
+def test_the_built_wheel_installs_and_runs_in_the_session(
+    installed: Session, watcher: Watcher, tmp_path: Path
+):
+    """Issue 15: pip's wheel (not the checkout) carries the units, D-Bus and desktop files;
+    installed into a venv of the user's, its `crashbroker install` runs the session's units."""
+    s = installed
+    tree = tmp_path / "src"
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md",
+                 "units", "dbus", "desktop", "src"):  # fmt: skip
+        src = ROOT / name
+        ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+        if src.is_dir():
+            shutil.copytree(src, tree / name, ignore=ignore)
+        else:
+            shutil.copy2(src, tree / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."],
+        cwd=tree, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    [built] = tmp_path.glob("crashbroker-*.whl")
+    wheel = s.home / "wheel" / built.name
+    wheel.parent.mkdir(exist_ok=True)
+    shutil.copy2(built, wheel)
+    for p in (wheel, wheel.parent):
+        os.chown(p, s.uid, s.gid)
+    venv = s.home / ".local" / "crashbroker-wheel"
+    s.run("/usr/bin/python3", "-m", "venv", "--clear", str(venv))
+    s.run(f"{venv}/bin/python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel))
+    # Its dependencies: the user's own venv's (no index in the session).
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    deps = s.run(f"{s.venv}/bin/python", "-c", where).stdout.strip()
+    site = s.run(f"{venv}/bin/python", "-c", where).stdout.strip()
+    s.run("sh", "-c", f"echo {deps} > {site}/zz-deps.pth")
+    services = ("crashbroker.service", "crashbroker-launcher.service",
+                "crashbroker-notifier.service")  # fmt: skip
+    try:
+        since = f"@{int(time.time())}"
+        s.run(f"{venv}/bin/crashbroker", "install")
+        s.systemctl("daemon-reload")
+        s.systemctl("restart", *services)
+        for unit in services:
+            assert f"{venv}/bin/" in s.unit(unit, "ExecStart")["ExecStart"], unit
+
+            def active(u: str = unit) -> bool:
+                return s.unit(u, "ActiveState")["ActiveState"] == "active"
+
+            wait_until(f"{unit} active", active)
+        assert str(venv) in Path(f"/proc/{s.main_pid()}/cmdline").read_text()
+        assert (s.home / ".local/share/applications/org.kde.crashbroker.desktop").exists()
+        assert (s.home / ".local/share/knotifications5/crashbroker.notifyrc").exists()
+        wait_until("the wheel's notifier subscribed", lambda: "notifying crashes" in s.run(
+            "journalctl", "--user", "-u", "crashbroker-notifier.service", "-o", "cat",
+            f"--since={since}", check=False,
+        ).stdout)  # fmt: skip
+        before = len(s.notifications())
+        pid = s.crash_sleep()
+        watcher.detected(pid)
+        got = wait_until("dunst to show the crash", lambda: s.notifications()[before:], 30)
+        assert any(n.get("DUNST_DESKTOP_ENTRY") == "org.kde.crashbroker" for n in got), got
+    finally:
+        s.run("crashbroker", "install")  # back to the session's own venv
+        s.systemctl("daemon-reload")
+        s.systemctl("restart", *services)

@@ -73,6 +73,8 @@ LIST_KEYS = (
     "exe",
     "comm",
     "app_name",
+    "machine_id",  # a fleet's list is grouped and shown by machine
+    "hostname",
     "state",
     "claimed_by",
     "core_available",

@@ -28,7 +28,12 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property, dbus_signal
 
 from crashbroker.adapters import dbus_wire
-from crashbroker.adapters.dbus_names import MANAGER_INTERFACE, OBJECT_PATH, error_name
+from crashbroker.adapters.dbus_names import (
+    MANAGER_INTERFACE,
+    OBJECT_PATH,
+    SIGNAL_UPDATED,
+    error_name,
+)
 from crashbroker.adapters.dbus_record import LIST_KEYS, list_items, to_record, unwrap
 from crashbroker.adapters.memory import trim_heap
 from crashbroker.domain.errors import InvalidArgs, RequestError
@@ -37,6 +42,17 @@ from crashbroker.domain.query import CrashFilter
 
 logger = logging.getLogger(__name__)
 
+_DBUS = "org.freedesktop.DBus"
+# Every connection that leaves the bus (its unique name loses its owner): a claimant among them
+# gives its claims back. One broad rule installed before the name is requested, rather than one
+# per claimant added at claim time: the bus then delivers a claimant's NameOwnerChanged after its
+# Claim, so a claimant that leaves at once cannot slip between the claim and the match.
+LEFT_THE_BUS_MATCH = (
+    f"type='signal',sender='{_DBUS}',path='/org/freedesktop/DBus',interface='{_DBUS}',"
+    "member='NameOwnerChanged',arg2=''"
+)
+BACKTRACE_ERROR = "backtrace_error"  # CrashUpdated keys of a failed backtrace (not record keys)
+BACKTRACE_ERROR_MESSAGE = "backtrace_error_message"
 DBusRecords = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
 DBusCrashEvent = Annotated[list[Any], DBusSignature("sa{sv}")]
 MAX_HANDLER_CHARS = 256
@@ -66,11 +82,15 @@ class Manager(Protocol):
 
     def expire(self, max_age_s: int) -> int: ...
 
-    def claim(self, crash_id: str, handler: str) -> bool: ...
+    def claim(self, crash_id: str, handler: str, owner: str = "") -> bool: ...
 
-    def release(self, crash_id: str, handler: str) -> bool: ...
+    def release(self, crash_id: str, handler: str, owner: str = "") -> bool: ...
 
-    async def backtrace(self, crash_id: str) -> str: ...
+    def claimant_left(self, owner: str) -> int: ...
+
+    def request_backtrace(self, crash_id: str) -> bool: ...
+
+    def cached_backtrace(self, crash_id: str) -> str: ...
 
     def stats_dict(self) -> dict[str, int]: ...
 
@@ -86,6 +106,11 @@ def _translated(member: str) -> Iterator[None]:
     except Exception:
         logger.exception("%s failed", member)
         raise DBusError(error_name("Failed"), f"{member} failed; see the daemon's log") from None
+
+
+def _check_handler(handler: str) -> None:
+    if not handler or len(handler) > MAX_HANDLER_CHARS:
+        raise InvalidArgs(f"handler must be 1..{MAX_HANDLER_CHARS} characters")
 
 
 class ManagerInterface(ServiceInterface):
@@ -122,6 +147,68 @@ class ManagerInterface(ServiceInterface):
             self._bus = None
 
         return detach
+
+    async def serve_claims(self, bus: MessageBus) -> Callable[[], None]:
+        """Tie claims to the claimant's connection on ``bus``: answer ``Claim`` and ``Release``
+        knowing the caller's unique name (dbus-fast's method handlers are not told the
+        sender), and undo the claims of a connection that leaves the bus. Call before the
+        name is requested. Returns the undo.
+
+        Raises:
+            DBusError: the bus refused the match rule.
+        """
+        bus.add_message_handler(self._on_claim_message)
+        try:
+            reply = await bus.call(
+                Message(
+                    destination=_DBUS,
+                    path="/org/freedesktop/DBus",
+                    interface=_DBUS,
+                    member="AddMatch",
+                    signature="s",
+                    body=[LEFT_THE_BUS_MATCH],
+                )
+            )
+            if reply is not None and reply.message_type is MessageType.ERROR:
+                raise DBusError(reply.error_name or "", str(reply.body[0] if reply.body else ""))
+        except BaseException:
+            bus.remove_message_handler(self._on_claim_message)
+            raise
+        return lambda: bus.remove_message_handler(self._on_claim_message)
+
+    def _on_claim_message(self, msg: Message) -> Message | bool | None:
+        """Claim/Release with the caller's unique name; a connection leaving the bus. None
+        lets anything else through (and this signal on to dbus-fast)."""
+        if msg.message_type is MessageType.SIGNAL:
+            if (
+                msg.member == "NameOwnerChanged"
+                and msg.sender == _DBUS
+                and msg.interface == _DBUS
+                and msg.signature == "sss"
+                and msg.body[0].startswith(":")
+                and not msg.body[2]
+            ):
+                try:
+                    self._manager.claimant_left(msg.body[0])
+                except Exception:
+                    logger.exception("undoing the claims of %s failed", msg.body[0])
+            return None
+        if (
+            msg.message_type is not MessageType.METHOD_CALL
+            or msg.member not in ("Claim", "Release")
+            or msg.path != OBJECT_PATH
+            or msg.interface not in (MANAGER_INTERFACE, None)
+            or msg.signature != "ss"
+        ):
+            return None  # dbus-fast answers (a wrong signature with its own error)
+        with _translated(msg.member):  # a DBusError raised here becomes the error reply
+            crash_id, handler = msg.body
+            _check_handler(handler)
+            act = self._manager.claim if msg.member == "Claim" else self._manager.release
+            result = act(crash_id, handler, msg.sender or "")
+        if not dbus_wire.wants_reply(msg):
+            return True
+        return Message.new_method_return(msg, "b", [result])
 
     def _on_message(self, msg: Message) -> bool | None:
         """ListCrashes (list records) before dbus-fast dispatches it; None lets it through."""
@@ -190,25 +277,30 @@ class ManagerInterface(ServiceInterface):
         with _translated("Expire"):
             return self._manager.expire(max_age_seconds)
 
+    # Claim and Release are answered by _on_claim_message (serve_claims), which knows the
+    # caller; these declare them, and serve them tied to no connection without it.
     @dbus_method(name="Claim")
     def claim(self, crash_id: DBusStr, handler: DBusStr) -> DBusBool:
         with _translated("Claim"):
-            if not handler or len(handler) > MAX_HANDLER_CHARS:
-                raise InvalidArgs(f"handler must be 1..{MAX_HANDLER_CHARS} characters")
+            _check_handler(handler)
             return self._manager.claim(crash_id, handler)
 
     @dbus_method(name="Release")
     def release(self, crash_id: DBusStr, handler: DBusStr) -> DBusBool:
         with _translated("Release"):
-            if not handler or len(handler) > MAX_HANDLER_CHARS:
-                raise InvalidArgs(f"handler must be 1..{MAX_HANDLER_CHARS} characters")
+            _check_handler(handler)
             return self._manager.release(crash_id, handler)
 
+    @dbus_method(name="RequestBacktrace")
+    def request_backtrace(self, crash_id: DBusStr) -> DBusBool:
+        # Never waits for gdb: the outcome comes as CrashUpdated.
+        with _translated("RequestBacktrace"):
+            return self._manager.request_backtrace(crash_id)
+
     @dbus_method(name="GetBacktrace")
-    async def get_backtrace(self, crash_id: DBusStr) -> DBusStr:
-        # Answered when gdb is done; the bus keeps serving other calls meanwhile.
+    def get_backtrace(self, crash_id: DBusStr) -> DBusStr:
         with _translated("GetBacktrace"):
-            return await self._manager.backtrace(crash_id)
+            return self._manager.cached_backtrace(crash_id)
 
     @dbus_method(name="GetStats")
     def get_stats(self) -> DBusDict:
@@ -272,6 +364,18 @@ class ManagerInterface(ServiceInterface):
     def crash_removed(self, crash_id: str) -> None:
         self._chunks.pop(crash_id, None)
         self._crash_removed(crash_id)
+
+    def backtrace_failed(self, crash_id: str, error: RequestError) -> None:
+        # The text may name a path from the entry: whatever it holds, it must be valid UTF-8.
+        message = error.detail.encode("utf-8", "replace").decode("utf-8")
+        changed = {
+            BACKTRACE_ERROR: Variant("s", error_name(error.name)),
+            BACKTRACE_ERROR_MESSAGE: Variant("s", message),
+        }
+        try:
+            self._crash_updated(crash_id, changed)
+        except Exception:
+            logger.exception("could not send %s of %s", SIGNAL_UPDATED, crash_id)
 
     async def barrier(self) -> None:
         """Signals are written in order: once a round trip to the bus after them is answered,

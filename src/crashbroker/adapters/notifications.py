@@ -8,7 +8,7 @@ from typing import Any
 from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from crashbroker.domain.notification import Notice
+from crashbroker.domain.notification import DESKTOP_ENTRY, NOTIFYRC_NAME, Notice
 
 NAME = "org.freedesktop.Notifications"
 PATH = "/org/freedesktop/Notifications"
@@ -85,9 +85,17 @@ class Notifications:
         return [str(c) for c in (await self._call("GetCapabilities"))[0]]
 
     async def notify(self, notice: Notice, replaces_id: int = 0, timeout_ms: int = -1) -> int:
-        hints: dict[str, Variant] = {"urgency": Variant("y", notice.urgency)}
-        if notice.desktop_entry:
-            hints["desktop-entry"] = Variant("s", notice.desktop_entry)
+        # What KNotification sends: our own desktop entry (the sender Plasma shows, whose
+        # settings "Configure…" opens) and the notifyrc name + event, so each event can be
+        # configured; the crashed program only as the image.
+        hints: dict[str, Variant] = {
+            "urgency": Variant("y", notice.urgency),
+            "desktop-entry": Variant("s", DESKTOP_ENTRY),
+            "x-kde-appname": Variant("s", NOTIFYRC_NAME),
+            "x-kde-eventId": Variant("s", notice.event),
+        }
+        if notice.image:
+            hints["image-path"] = Variant("s", notice.image)
         body = await self._call(
             "Notify",
             "susssasa{sv}i",

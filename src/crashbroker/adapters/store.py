@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from crashbroker.domain.crash import signature
+from crashbroker.domain.crash import grouping
 from crashbroker.domain.errors import StoreError
 from crashbroker.domain.loops import BurstMember
 from crashbroker.domain.model import CoredumpEntry, Crash, CrashState, KCrashLib
@@ -28,7 +28,7 @@ from crashbroker.ports import Expired, Listed
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The write-ahead log is checkpointed by a worker thread past SQLite's default auto-checkpoint
 # size (1000 pages of 4 KiB), and inline by the committing call past the limit.
 CHECKPOINT_BYTES = 4_096_000
@@ -60,10 +60,13 @@ _INDEX_COLUMNS = {
     "realtime": "INTEGER",
     "exe": "TEXT",
     "exe_base": "TEXT",
-    "grouping": "TEXT",  # signature(entry): exe + signal, the key bursts and counts group by
+    "grouping": "TEXT",  # grouping(entry): exe + signal (+ machine), what bursts group by
     "loop_head": "TEXT",
     "loop": "INTEGER",
     "listing": "BLOB",  # the list record as the renderer made it; NULL = not rendered yet
+    # schema 3: the ListCrashes "machine" filter (a machine id or a hostname)
+    "machine": "TEXT",
+    "host": "TEXT",
 }
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS crashes_time ON crashes(timestamp, realtime);
@@ -97,7 +100,7 @@ SELECT {_MEMBER} FROM crashes WHERE loop_head IN latest AND loop_head != ''
 """
 _VALUE_COLUMNS = (
     "timestamp, signature, state, record, realtime, exe, exe_base, grouping, loop_head, loop,"
-    " listing"
+    " listing, machine, host"
 )
 _COLUMNS = f"id, {_VALUE_COLUMNS}, announced"
 # Every column but id and announced: set from parameters (an update) or, when an insert meets an
@@ -444,6 +447,9 @@ class CrashStore:
         if flt.exe is not None:
             clauses.append("(exe = ? OR exe_base = ?)")
             args += [flt.exe, flt.exe]
+        if flt.machine is not None:
+            clauses.append("(machine = ? OR host = ?)")
+            args += [flt.machine, flt.machine]
         if flt.state is not None:
             clauses.append("state = ?")
             args.append(flt.state.value)
@@ -522,10 +528,12 @@ class CrashStore:
             crash.entry.realtime,
             crash.entry.exe,
             crash.entry.exe_basename,
-            signature(crash.entry),
+            grouping(crash.entry),
             crash.loop_head,
             int(crash.loop),
             self._render(crash) if self._render is not None else None,
+            crash.entry.machine_id,
+            crash.entry.hostname,
         )
 
     def _update(self, db: sqlite3.Connection, crashes: Iterable[Crash]) -> None:
@@ -544,7 +552,7 @@ class CrashStore:
         ``announced``; a row already announced stays so."""
         with self._tx() as db:
             db.executemany(
-                f"INSERT INTO crashes({_COLUMNS}) VALUES({', '.join('?' * 13)})"
+                f"INSERT INTO crashes({_COLUMNS}) VALUES({', '.join('?' * 15)})"
                 f" ON CONFLICT(id) DO UPDATE SET {_FROM_EXCLUDED},"
                 " announced=max(announced, excluded.announced)",
                 [(c.id, *self._values(c), int(announced)) for c in crashes],

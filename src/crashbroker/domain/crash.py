@@ -12,6 +12,16 @@ def signature(entry: CoredumpEntry) -> str:
     return f"{exe}:{entry.signal_name}"
 
 
+def grouping(entry: CoredumpEntry) -> str:
+    """The key crashes are counted and grouped into bursts by (domain/loops.py): the
+    :func:`signature`, per machine for crashes of other machines, so that one machine's crash
+    loop never folds another's crashes. A local crash's key is its signature alone (as in stores
+    written before fleet grouping); a fleet key starts with ``@`` and the machine id."""
+    if entry.fleet:
+        return f"@{entry.machine_id}:{signature(entry)}"
+    return signature(entry)
+
+
 def build_crash(
     entry: CoredumpEntry,
     metadata: KCrashMetadata | None,

@@ -115,12 +115,15 @@ def refused_options(kcrash: Mapping[str, str]) -> list[str]:
     return sorted(k for k, v in kcrash.items() if k != "exe" and not passed_option(k, v))
 
 
-def arguments(kcrash: Mapping[str, str], flavor: Flavor) -> list[str] | None:
+def arguments(
+    kcrash: Mapping[str, str], flavor: Flavor, *, dialog: bool = False
+) -> list[str] | None:
     """DrKonqi's options for a ``[KCrash]`` group; None when DrKonqi must not be started.
 
     Only keys :func:`passed_option` allows become options (:func:`refused_options` names the
     rest). ``pid`` and ``signal`` are what DrKonqi cannot do without: one that is not a decimal
-    number means no DrKonqi.
+    number means no DrKonqi. ``dialog`` (a user's "Report…") adds ``--dialog``: DrKonqi opens
+    its dialog at once instead of waiting behind a notification of its own.
     """
     if kcrash.get("exe", "").endswith("/drkonqi"):
         return None
@@ -135,6 +138,8 @@ def arguments(kcrash: Mapping[str, str], flavor: Flavor) -> list[str] | None:
         argv.append(f"--{key}")
         if value not in ("true", "false"):
             argv.append(value)
+    if dialog:
+        argv.append("--dialog")
     return argv
 
 
@@ -408,9 +413,23 @@ def choose_start(
     return (None if via is StartVia.SERVICE else Start.CHILD), why
 
 
-def unit_name(token: str) -> str:
-    """The transient unit's name; ``token`` is a random hex string (unique per launch)."""
+_UNIT_CRASH = re.compile(rf"{re.escape(UNIT_PREFIX)}([0-9a-z]{{1,64}})-[0-9a-f]+\.service")
+
+
+def unit_name(token: str, crash_id: str = "") -> str:
+    """The transient unit's name; ``token`` is a random hex string (unique per launch). The
+    crash's id is part of it, so a restarted launcher finds the DrKonqi windows still open
+    (:func:`crash_of_unit`) and claims their crashes again: a claim ends with the connection
+    that made it."""
+    if crash_id and re.fullmatch(r"[0-9a-z]{1,64}", crash_id):
+        return f"{UNIT_PREFIX}{crash_id}-{token}.service"
     return f"{UNIT_PREFIX}{token}.service"
+
+
+def crash_of_unit(name: str) -> str | None:
+    """The crash id in a unit name made by :func:`unit_name`, or None."""
+    m = _UNIT_CRASH.fullmatch(name)
+    return m[1] if m else None
 
 
 def _systemd_argument(arg: str) -> str:

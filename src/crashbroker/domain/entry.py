@@ -372,5 +372,8 @@ def classify(
         core_in_journal="COREDUMP" in fields,
         truncated=fields.get("COREDUMP_TRUNCATED", "") in ("1", "yes", "true"),
         kcrash_lib=kcrash_lib_from(fields.get("COREDUMP_PROC_MAPS", ""), fields.get("MESSAGE", "")),
+        # Only when our own id is known: without it every crash would be re-keyed, and the ids
+        # of an existing store would change.
+        fleet=policy.machine_id is not None and not _local(fields, policy),
     )
     return Verdict.ACCEPT, entry

@@ -13,6 +13,7 @@ Tree::
         ├── InvalidArgs         (``detail``)
         ├── AccessDenied        (``detail``)
         ├── NotSupported        (``detail``)
+        ├── NotReady            no backtrace cached yet (RequestBacktrace makes it)
         ├── NoCore              the crash has no core to debug (none kept, or removed since)
         ├── CoreTruncated       the core was cut short (size limit); gdb would mislead
         └── BacktraceFailed     reading the core or gdb failed, timed out or said nothing useful
@@ -90,6 +91,10 @@ class AccessDenied(RequestError):
 
 class NotSupported(RequestError):
     name = "NotSupported"
+
+
+class NotReady(RequestError):
+    name = "NotReady"
 
 
 class NoCore(RequestError):

@@ -30,21 +30,28 @@ class CrashState(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class CrashKey:
-    """Identity of one coredump: the journal's boot id, the crashed pid and COREDUMP_TIMESTAMP.
+    """Identity of one coredump: the journal's boot id, the crashed pid and COREDUMP_TIMESTAMP,
+    and for a crash of another machine (a fleet's journal directory) that machine's id.
 
-    The timestamp separates two crashes of a reused pid within one boot.
+    The timestamp separates two crashes of a reused pid within one boot. Boot ids of two
+    machines never meet in practice, but an uploader sends whatever boot id it likes: with the
+    machine id in the key, one machine cannot make a crash of another look already known.
+    Crashes of the daemon's own machine keep ``machine_id`` empty, so their ids stay those of
+    stores written before fleet entries were keyed by machine.
     """
 
     boot_id: str
     pid: int
     timestamp: int
+    machine_id: str = ""
 
     @property
     def crash_id(self) -> str:
         """A stable id, valid as a D-Bus object path element (``[A-Za-z0-9_]``)."""
-        digest = hashlib.blake2b(
-            f"{self.boot_id}:{self.pid}:{self.timestamp}".encode(), digest_size=8
-        ).hexdigest()
+        text = f"{self.boot_id}:{self.pid}:{self.timestamp}"
+        if self.machine_id:
+            text = f"{self.machine_id}:{text}"
+        digest = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
         return f"c{digest}"
 
 
@@ -72,10 +79,15 @@ class CoredumpEntry:
     core_in_journal: bool
     truncated: bool
     kcrash_lib: KCrashLib
+    # Logged on another machine than the daemon's (TrustPolicy.machine_id): a fleet's upload.
+    # Such crashes are keyed and grouped by machine as well.
+    fleet: bool = False
 
     @property
     def key(self) -> CrashKey:
-        return CrashKey(self.boot_id, self.pid, self.timestamp)
+        return CrashKey(
+            self.boot_id, self.pid, self.timestamp, self.machine_id if self.fleet else ""
+        )
 
     @property
     def exe_basename(self) -> str:

@@ -3,11 +3,16 @@
 One notification per burst head: a crash loop updates it in place (``replaces_id``) instead of
 raising N notifications. Crashes found while catching up at login (``past``) never get one each:
 they are summed up in one notification once the daemon has caught up.
+
+The sender is crashbroker itself (its desktop entry and notifyrc, as KNotification does); the
+crashed program is named in the text and shown by its icon as the notification's image.
 """
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +26,15 @@ ACTION_DISMISS = "dismiss"
 ACTION_DISMISS_ALL = "dismiss-all"
 DEFAULT_ICON = "tools-report-bug"
 MAX_LISTED = 5
+# Our identity on the notification server (desktop/ in the checkout; `crashbroker install`).
+DESKTOP_ENTRY = "org.kde.crashbroker"  # the desktop-entry hint
+NOTIFYRC_NAME = "crashbroker"  # x-kde-appname: knotifications{5,6}/crashbroker.notifyrc
+# x-kde-eventId: the [Event/…] groups of crashbroker.notifyrc.
+EVENT_CRASHED = "crashed"
+EVENT_LOOP = "crashLoop"
+EVENT_AWAY = "crashesWhileAway"
+EVENT_REPORT_FAILED = "reportFailed"
+_UNIT_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 
 Record = Mapping[str, Any]
 
@@ -40,9 +54,38 @@ def escape(text: str) -> str:
     )
 
 
+def unit_desktop_ids(unit: str) -> list[str]:
+    """Desktop file ids a unit name gives, by systemd's desktop conventions:
+    ``app[-<launcher>]-<id>[@<random>].service`` and ``app[-<launcher>]-<id>-<random>.scope``,
+    with ``-`` inside ``<id>`` escaped as ``\\x2d``. Both readings of an optional launcher
+    prefix are returned, the whole name first."""
+    if not unit.startswith("app-"):
+        return []
+    name, _, kind = unit[4:].rpartition(".")
+    if kind == "service":
+        name = name.split("@", 1)[0]
+    elif kind == "scope":
+        name = name.rsplit("-", 1)[0] if "-" in name else name
+    else:
+        return []
+    readings = [name]
+    if "-" in name:
+        readings.append(name.split("-", 1)[1])
+    ids = [_UNIT_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), r) for r in readings]
+    return [i for i in ids if i and "/" not in i and not i.startswith(".")]
+
+
+def image_hint(icon: str) -> str:
+    """The ``image-path`` hint for a desktop entry's ``Icon=``: an icon name as it is, a file
+    as a ``file://`` URI (the spec's two forms)."""
+    if icon.startswith("/"):
+        return "file://" + urllib.parse.quote(icon)
+    return icon
+
+
 @dataclass(frozen=True, slots=True)
 class AppInfo:
-    """From the program's desktop entry when there is one."""
+    """The crashed program, from its desktop entry when there is one (name localized)."""
 
     name: str
     icon: str = DEFAULT_ICON
@@ -51,13 +94,15 @@ class AppInfo:
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """One ``Notify`` call's content."""
+    """One ``Notify`` call's content. The sender's identity (app name, desktop entry,
+    notifyrc) is crashbroker's; ``image`` shows the crashed program."""
 
     summary: str
     body: str
     actions: tuple[str, ...]  # key, label, key, label, …
-    icon: str = DEFAULT_ICON
-    desktop_entry: str = ""
+    icon: str = DEFAULT_ICON  # app_icon: crashbroker's
+    image: str = ""  # image-path hint: the crashed program's icon
+    event: str = EVENT_CRASHED  # x-kde-eventId
     urgency: int = 1  # 0 low, 1 normal, 2 critical
 
 
@@ -88,8 +133,8 @@ def crash_notice(crash: Record, app: AppInfo, *, can_report: bool) -> Notice:
         summary=summary,
         body=body,
         actions=tuple(actions),
-        icon=app.icon,
-        desktop_entry=app.desktop_id,
+        image=image_hint(app.icon),
+        event=EVENT_LOOP if count > 1 else EVENT_CRASHED,
         urgency=2 if crash.get("loop") else 1,
     )
 
@@ -110,8 +155,8 @@ def details_notice(crash: Record, app: AppInfo, frames: list[str] | None, error:
         summary=f"{app.name or crash['app_name']} crashed",
         body="\n".join(lines),
         actions=(ACTION_DISMISS, "Dismiss"),
-        icon=app.icon,
-        desktop_entry=app.desktop_id,
+        image=image_hint(app.icon),
+        event=EVENT_LOOP if int(crash.get("burst", 1) or 1) > 1 else EVENT_CRASHED,
     )
 
 
@@ -134,6 +179,7 @@ def past_summary(crashes: Iterable[Record]) -> Notice | None:
         summary=summary,
         body=f"{apps}. See them with: crashbroker list",
         actions=(ACTION_DISMISS_ALL, "Dismiss all"),
+        event=EVENT_AWAY,
         urgency=0,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -10,10 +11,13 @@ from crashbroker.domain.model import Crash, CrashState
 
 MAX_LIMIT = 100_000
 MAX_EXE_CHARS = 4096
+MAX_MACHINE_CHARS = 256
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "since": int,
     "until": int,
     "exe": str,
+    "machine": str,
     "state": str,
     "limit": int,
     "include_dismissed": bool,
@@ -30,6 +34,9 @@ class CrashFilter:
     limit: int | None = None
     include_dismissed: bool = False
     full: bool = False  # every key of each record, not only the list's
+    # A machine id (32 hex digits; a UUID's dashes and upper case are accepted) or a hostname,
+    # compared exactly with the crash's machine id or hostname.
+    machine: str | None = None
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> CrashFilter:
@@ -56,6 +63,15 @@ class CrashFilter:
         exe = raw.get("exe")
         if isinstance(exe, str) and len(exe) > MAX_EXE_CHARS:
             raise InvalidArgs("exe filter too long")
+        machine = raw.get("machine")
+        if isinstance(machine, str):
+            if len(machine) > MAX_MACHINE_CHARS:
+                raise InvalidArgs("machine filter too long")
+            # The journal's machine ids are 32 lowercase hex digits; a UUID as systemd-id128 or
+            # hostnamectl print it names the same machine.
+            as_id = machine.replace("-", "").lower()
+            if _HEX32.fullmatch(as_id):
+                machine = as_id
         limit = raw.get("limit")
         if isinstance(limit, int) and not 0 < limit <= MAX_LIMIT:
             raise InvalidArgs(f"limit must be within 1..{MAX_LIMIT}")
@@ -64,6 +80,7 @@ class CrashFilter:
             since=since if isinstance(since, int) else None,
             until=until if isinstance(until, int) else None,
             exe=exe if isinstance(exe, str) else None,
+            machine=machine if isinstance(machine, str) else None,
             state=parsed_state,
             limit=limit if isinstance(limit, int) else None,
             include_dismissed=raw.get("include_dismissed") is True
@@ -78,6 +95,11 @@ class CrashFilter:
         if self.until is not None and ts > self.until:
             return False
         if self.exe is not None and self.exe not in (crash.entry.exe, crash.entry.exe_basename):
+            return False
+        if self.machine is not None and self.machine not in (
+            crash.entry.machine_id,
+            crash.entry.hostname,
+        ):
             return False
         if self.state is not None and crash.state is not self.state:
             return False

@@ -1,18 +1,23 @@
-"""``crashbroker install``: the user units and the D-Bus activation file where a session finds
-them, with the absolute path of the installed commands filled in; with ``--kcrash-dump-only``
-also an ``environment.d`` drop-in setting ``KCRASH_DUMP_ONLY=1`` for the user's sessions.
+"""``crashbroker install``: the user units, the D-Bus activation file, crashbroker's desktop
+entry and its KNotification ``crashbroker.notifyrc`` where a session finds them, with the absolute
+path of the installed commands filled in; with ``--kcrash-dump-only`` also an ``environment.d``
+drop-in setting ``KCRASH_DUMP_ONLY=1`` for the user's sessions. ``--system`` writes the same
+files in a distribution's layout under ``DESTDIR/PREFIX`` (plus the interface XML and the
+launcher and notifier under ``libexec``), for packaging.
 
-Files it writes carry a marker line; a file without it (the user's own, or a distribution's) is
-never overwritten or removed without ``--force``.
+Files the user layout writes carry a marker line; a file without it (the user's own, or a
+distribution's) is never overwritten or removed without ``--force``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from crashbroker.config import xdg_dir
@@ -26,6 +31,15 @@ UNITS = (
     "crashbroker-cleanup.timer",
 )
 ACTIVATION = "org.kde.crashbroker1.service"
+INTERFACES = ("org.kde.crashbroker1.Manager.xml", "org.kde.crashbroker1.Launcher.xml")
+# crashbroker's own identity for notifications (docs/notifier.md): the desktop entry Plasma shows
+# as the sender, and the KNotification event list its notification settings read; KF5 looks in
+# knotifications5/, KF6 in knotifications6/ of the XDG data dirs.
+DESKTOP_FILE = "org.kde.crashbroker.desktop"
+NOTIFYRC = "crashbroker.notifyrc"
+NOTIFYRC_DIRS = ("knotifications5", "knotifications6")
+# In the --system layout they run from libexec: not commands a user types.
+LIBEXEC_PROGRAMS = {"crashbroker-launcher": "launcher", "crashbroker-notifier": "notifier"}
 # environment.d(5): read by the user manager when it starts; 60- sorts after distribution
 # defaults and leaves room for the user's own files after it.
 KCRASH_DROPIN = "60-crashbroker-kcrash.conf"
@@ -44,11 +58,22 @@ class InstallError(Exception):
     """The templates are missing, or a foreign file is in the way."""
 
 
+def _package_data() -> Path | None:
+    """``crashbroker/data`` of an installed wheel (setup.py copies the checkout's ``units/``,
+    ``dbus/`` and ``desktop/`` there); None when not a directory on disk."""
+    try:
+        found = resources.files("crashbroker").joinpath("data")
+    except (ModuleNotFoundError, TypeError):
+        return None
+    return found if isinstance(found, Path) else None
+
+
 def data_dir() -> Path:
-    """Where ``units/`` and ``dbus/`` are: ``$CRASHBROKER_DATA_DIR``, the source checkout, or
-    ``/usr/share/crashbroker``."""
+    """Where ``units/``, ``dbus/`` and ``desktop/`` are: ``$CRASHBROKER_DATA_DIR``, the installed
+    package's data, the source checkout (an editable install), or ``/usr/share/crashbroker``."""
     candidates = [
         Path(os.environ["CRASHBROKER_DATA_DIR"]) if "CRASHBROKER_DATA_DIR" in os.environ else None,
+        _package_data(),
         Path(__file__).resolve().parents[3],
         Path("/usr/share/crashbroker"),
     ]
@@ -74,14 +99,39 @@ class Targets:
     units: Path
     services: Path
     environment: Path  # environment.d
+    applications: Path
+    notifyrc: tuple[Path, ...]  # knotifications5/, knotifications6/
+    interfaces: Path | None = None  # only the --system layout ships the XML
+    libexec: Path | None = None  # --system: where the launcher and notifier go
+    marker: bool = True  # the user layout's ownership marker; packages own --system files
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Targets:
         config = xdg_dir(env, "XDG_CONFIG_HOME", ".config")
+        data = xdg_dir(env, "XDG_DATA_HOME", ".local/share")
         return cls(
             units=config / "systemd" / "user",
-            services=xdg_dir(env, "XDG_DATA_HOME", ".local/share") / "dbus-1" / "services",
+            services=data / "dbus-1" / "services",
             environment=config / "environment.d",
+            applications=data / "applications",
+            notifyrc=tuple(data / d for d in NOTIFYRC_DIRS),
+        )
+
+    @classmethod
+    def system(cls, prefix: Path, destdir: Path | None = None) -> Targets:
+        """A distribution's layout: ``DESTDIR/PREFIX/lib/systemd/user``, ``…/share/dbus-1``,
+        ``…/share/applications``, ``…/share/knotifications{5,6}``, ``…/libexec``."""
+        root = Path(str(destdir) + str(prefix)) if destdir else prefix
+        share = root / "share"
+        return cls(
+            units=root / "lib" / "systemd" / "user",
+            services=share / "dbus-1" / "services",
+            environment=root / "lib" / "environment.d",
+            applications=share / "applications",
+            notifyrc=tuple(share / d for d in NOTIFYRC_DIRS),
+            interfaces=share / "dbus-1" / "interfaces",
+            libexec=root / "libexec",
+            marker=False,
         )
 
     @property
@@ -90,9 +140,13 @@ class Targets:
 
     def files(self) -> list[tuple[str, Path]]:
         """(template relative to the data dir, destination)."""
-        return [(f"units/{u}", self.units / u) for u in UNITS] + [
-            (f"dbus/{ACTIVATION}", self.services / ACTIVATION)
-        ]
+        out = [(f"units/{u}", self.units / u) for u in UNITS]
+        out.append((f"dbus/{ACTIVATION}", self.services / ACTIVATION))
+        out.append((f"desktop/{DESKTOP_FILE}", self.applications / DESKTOP_FILE))
+        out += [(f"desktop/{NOTIFYRC}", d / NOTIFYRC) for d in self.notifyrc]
+        if self.interfaces is not None:
+            out += [(f"dbus/{x}", self.interfaces / x) for x in INTERFACES]
+        return out
 
 
 @dataclass(slots=True)
@@ -102,9 +156,22 @@ class Result:
     removed: list[str] = field(default_factory=list)
 
 
-def render(template: str, bindir: Path) -> str:
+def render(
+    template: str, bindir: Path, libexecdir: Path | None = None, *, marker: bool = True
+) -> str:
+    """A template with ``@BINDIR@`` and ``@LIBEXECDIR@`` (default: ``bindir``) filled in."""
     lines = [line for line in template.splitlines() if not line.startswith("# Template:")]
-    return MARKER + "\n" + "\n".join(lines).replace("@BINDIR@", str(bindir)) + "\n"
+    text = "\n".join(lines).replace("@BINDIR@", str(bindir))
+    text = text.replace("@LIBEXECDIR@", str(libexecdir or bindir)) + "\n"
+    return MARKER + "\n" + text if marker else text
+
+
+def libexec_script(function: str, python: str) -> str:
+    """A ``libexec`` program running ``crashbroker.entry.<function>`` under ``python``."""
+    return (
+        f"#!{python}\n# crashbroker's {function}, started by its user unit.\nimport sys\n\n"
+        f"from crashbroker.entry import {function}\n\nsys.exit({function}())\n"
+    )
 
 
 def render_kcrash_dropin() -> str:
@@ -125,29 +192,55 @@ def _ours(path: Path) -> bool:
 
 
 def install(
-    targets: Targets, bindir: Path, *, force: bool = False, kcrash_dump_only: bool = False
+    targets: Targets,
+    bindir: Path,
+    *,
+    force: bool = False,
+    kcrash_dump_only: bool = False,
+    libexecdir: Path | None = None,
+    python: str = sys.executable,
 ) -> Result:
-    """Write every unit and the activation file, and with ``kcrash_dump_only`` the
-    environment.d drop-in; idempotent.
+    """Write every unit, the activation file, the desktop entry and the notifyrc, and with
+    ``kcrash_dump_only`` the environment.d drop-in; idempotent. ``libexecdir`` is where the
+    units find the launcher and notifier (default ``bindir``); a ``--system`` layout also gets
+    them there, as scripts run by ``python``.
 
     Raises:
-        InstallError: a file we did not write is in the way (and not ``force``).
+        InstallError: a file we did not write is in the way (and not ``force``), or the
+            templates are missing.
     """
     source = data_dir()
     result = Result()
-    plan = [(dest, render((source / tmpl).read_text(), bindir)) for tmpl, dest in targets.files()]
+    plan = [
+        (dest, render((source / tmpl).read_text(), bindir, libexecdir, marker=targets.marker))
+        for tmpl, dest in targets.files()
+    ]
     if kcrash_dump_only:
         plan.append((targets.kcrash_dropin, render_kcrash_dropin()))
+    scripts = set()
+    if targets.libexec is not None:
+        for program, function in LIBEXEC_PROGRAMS.items():
+            plan.append((targets.libexec / program, libexec_script(function, python)))
+            scripts.add(targets.libexec / program)
     for dest, _ in plan:
+        if not targets.marker:
+            break  # a package's files: the package manager owns them
         if (dest.exists() or dest.is_symlink()) and not _ours(dest) and not force:
             raise InstallError(f"{dest} exists and was not written by crashbroker (use --force)")
     for dest, text in plan:
-        if dest.is_file() and not dest.is_symlink() and dest.read_text() == text:
+        mode = 0o755 if dest in scripts else 0o644
+        if (
+            dest.is_file()
+            and not dest.is_symlink()
+            and dest.read_text() == text
+            and stat.S_IMODE(dest.stat().st_mode) == mode
+        ):
             result.unchanged.append(str(dest))
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp")
         tmp.write_text(text)
+        tmp.chmod(mode)
         os.replace(tmp, dest)  # replaces a link itself, never writes through it
         result.written.append(str(dest))
     return result
