@@ -24,7 +24,7 @@ import export_format  # noqa: E402  (the tests' reader/writer of the export form
 from crashbroker.adapters.dbus_names import MANAGER_INTERFACE, OBJECT_PATH  # noqa: E402
 from crashbroker.adapters.dbus_record import unwrap  # noqa: E402
 from crashbroker.client import BrokerClient, ClientError, connect_bus  # noqa: E402
-from real_process import crash_sleep  # noqa: E402,F401  (as the tests crash a process)
+from real_process import crash_sleep, wait_asleep, wait_exec  # noqa: E402,F401  (as the tests do)
 
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"

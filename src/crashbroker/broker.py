@@ -67,15 +67,25 @@ class Store(Protocol):
 
     def cursor(self) -> str | None: ...
 
+    def positions(self) -> dict[str, str]: ...
+
     def update(self, crash: Crash) -> None: ...
 
-    def upsert(self, crashes: list[Crash], cursor: str | None, announced: bool = True) -> None: ...
+    def upsert(
+        self,
+        crashes: list[Crash],
+        cursor: str | None,
+        announced: bool = True,
+        positions: Mapping[str, str] | None = None,
+    ) -> None: ...
 
     def mark_announced(self, ids: list[str]) -> None: ...
 
     def unannounced(self) -> list[str]: ...
 
-    def save_cursor(self, cursor: str) -> None: ...
+    def save_cursor(
+        self, cursor: str | None, positions: Mapping[str, str] | None = None
+    ) -> None: ...
 
     def expire(self, before_us: int) -> list[Expired]: ...
 
@@ -122,6 +132,7 @@ class Stats:
     states_salvaged: int = 0
     catch_up_us: int = 0  # from the daemon's start to CaughtUp
     checkpoints: int = 0  # write-ahead log checkpoints by the worker thread that copied frames
+    hints: int = 0  # core or KCrash files that made the journal be read before it notified
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -210,8 +221,11 @@ class Broker:
         self._bt_failed: dict[str, RequestError] = {}
         self._claims = ClaimBook()
         cursor = store.cursor()
-        self._tracker = CursorTracker(cursor)
+        positions = store.positions()  # fleet mode: each machine's (adapters/journal_fleet.py)
+        self._tracker = CursorTracker(cursor, positions)
         self._saved_cursor = cursor
+        self._saved_positions = positions
+        self._stream = ""  # whose positions the entries of the batch being ingested move
         self._timer_wake = asyncio.Event()
         self._checkpoint_wake = asyncio.Event()
         # Any write can grow the log (a crash, a dismissal, a backtrace, re-rendered records).
@@ -236,6 +250,7 @@ class Broker:
         """Handle one batch: filter, correlate, look metadata up, publish what settled."""
         now = self._monotonic()
         effects: list[Effect] = []
+        self._stream = batch.machine
         for fields_ in batch.entries:
             self.stats.entries += 1
             try:
@@ -246,9 +261,9 @@ class Broker:
                 cursor = fields_.get("__CURSOR", "")
                 self._skip(fields_.get("COREDUMP_PID"), cursor)
                 if cursor:
-                    self._tracker.seen(cursor)
+                    self._tracker.seen(cursor, stream=self._stream)
         if not batch.entries and batch.position:
-            self._tracker.seen(batch.position)
+            self._tracker.seen(batch.position, stream=self._stream)
         await self._carry_out(effects)
         await self._commit_staged()
         self._persist_cursor()
@@ -286,15 +301,15 @@ class Broker:
                     cursor[:200],
                 )
             if cursor:
-                self._tracker.seen(cursor)
+                self._tracker.seen(cursor, stream=self._stream)
             return []
         self.stats.accepted += 1
         if entry.key.crash_id in self._ids:
             self.stats.already_known += 1
-            self._tracker.seen(cursor)
+            self._tracker.seen(cursor, stream=self._stream)
             return []
         new = self._correlator.coredump(entry, past=not self.caught_up, now=now)
-        self._tracker.seen(cursor, pending=entry.key if new else None)
+        self._tracker.seen(cursor, pending=entry.key if new else None, stream=self._stream)
         return new
 
     def _skip(self, pid: object, cursor: str, reason: str = "") -> None:
@@ -501,11 +516,13 @@ class Broker:
         rows = [self._mem[i] for i in ids if i in self._mem]
         # While earlier crashes wait for a retry, the cursor must not move past them.
         cursor = None if self._unsaved else self._tracker.safe()
+        positions = {} if self._unsaved else self._moved_positions()
         stored = True
         try:
-            self._store.upsert(rows, cursor, announced=False)
+            self._store.upsert(rows, cursor, announced=False, positions=positions)
             if cursor is not None:
                 self._saved_cursor = cursor
+            self._saved_positions.update(positions)
             self._forget_stored(rows)
         except StoreError as exc:
             # Publishing live matters more than persisting. The crashes are retried; until
@@ -613,13 +630,24 @@ class Broker:
             return
         self._retry_at = None  # set again below if the cursor cannot be saved either
         safe = self._tracker.safe()
-        if safe is None or safe == self._saved_cursor:
+        if safe == self._saved_cursor:
+            safe = None
+        positions = self._moved_positions()
+        if safe is None and not positions:
             return
         try:
-            self._store.save_cursor(safe)
-            self._saved_cursor = safe
+            self._store.save_cursor(safe, positions)
+            if safe is not None:
+                self._saved_cursor = safe
+            self._saved_positions.update(positions)
         except StoreError as exc:
             self._store_failed("could not save the journal cursor", exc)
+
+    def _moved_positions(self) -> dict[str, str]:
+        """The machines' positions (fleet mode) that moved since they were last stored."""
+        return {
+            s: c for s, c in self._tracker.streams().items() if self._saved_positions.get(s) != c
+        }
 
     # ---- queries and commands (the D-Bus service translates to these) -----------------------
 

@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import io
 import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,8 +27,11 @@ from dbus_fast import Variant
 from crashbroker import __version__
 from crashbroker.adapters.dbus_names import BUS_NAME
 from crashbroker.client import BACKTRACE_WAIT_S, BrokerClient, ClientError, connect_bus
+from crashbroker.docgen import complete
 from crashbroker.domain.cursor import CatchUp
+from crashbroker.domain.matches import MatchError, parse_matches
 from crashbroker.domain.text import escape_for_terminal
+from crashbroker.domain.timespec import TimeSpecError, parse_timestamp
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -44,9 +49,11 @@ def _fmt_time(usec: int) -> str:
 # stays exact: json.dumps escapes control characters itself.
 
 
-def print_table(crashes: list[dict[str, Any]], out: TextIO) -> None:
+def print_table(crashes: list[dict[str, Any]], out: TextIO, *, legend: bool = True) -> None:
+    """The crashes as columns; ``legend``: with the header line (and "No crashes.")."""
     if not crashes:
-        print("No crashes.", file=out)
+        if legend:
+            print("No crashes.", file=out)
         return
     # A fleet's list (crashes of more than one machine) says whose each crash is.
     fleet = len({c.get("machine_id", "") for c in crashes}) > 1
@@ -77,7 +84,7 @@ def print_table(crashes: list[dict[str, Any]], out: TextIO) -> None:
         )
         rows.append(tuple(escape_for_terminal(v) for v in row))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
+    for r in rows if legend else rows[1:]:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip(), file=out)
 
 
@@ -138,41 +145,59 @@ async def client_main(args: argparse.Namespace) -> int:
         bus.disconnect()
 
 
-def _print_json(value: Any) -> None:
+def _print_json(value: Any, out: TextIO | None = None, mode: str = "short") -> None:
+    """``--json=short`` (one line) or ``--json=pretty`` (indented), as systemd's tools."""
     # dumps, not dump: json.dump feeds the file from the pure-Python encoder, 3x slower.
-    sys.stdout.write(json.dumps(value) + "\n")
+    text = json.dumps(value, indent=2) if mode == "pretty" else json.dumps(value)
+    (out or sys.stdout).write(text + "\n")
 
 
 async def cmd_list(client: BrokerClient, args: argparse.Namespace) -> int:
+    try:
+        matches = parse_matches(args.matches)
+    except MatchError as exc:
+        print(f"crashbroker list: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    server = matches.server_filter()
+    # An option and a match on the same key: the option goes to the daemon, the match is
+    # checked here.
+    given = {"exe": args.exe, "state": args.state, "machine": args.machine}
+    by_client = matches.client_side or any(given[k] for k in server)
     flt: dict[str, Variant] = {}
-    if args.all:
+    if args.all or matches.wants_dismissed:
         flt["include_dismissed"] = Variant("b", True)
-    if args.exe:
-        flt["exe"] = Variant("s", args.exe)
-    if args.machine:
-        flt["machine"] = Variant("s", args.machine)
-    if args.state:
-        flt["state"] = Variant("s", args.state)
-    if args.limit:
+    for key in ("exe", "machine", "state"):
+        value = given[key] or server.get(key)
+        if value:
+            flt[key] = Variant("s", value)
+    if args.limit and not by_client:
         flt["limit"] = Variant("u", args.limit)
     if args.since is not None:
-        flt["since"] = Variant("t", int((time.time() - args.since) * 1_000_000))
-    if args.full:
+        flt["since"] = Variant("t", max(args.since, 0))
+    if args.until is not None:
+        flt["until"] = Variant("t", max(args.until, 0))
+    if args.full or matches.full:
         flt["full"] = Variant("b", True)
     crashes = await client.list_crashes(**flt)
+    if matches.fields:
+        crashes = [c for c in crashes if matches.accepts(c)]
+    if args.limit:
+        crashes = crashes[: args.limit]  # the newest N, whatever order they are shown in
+    if args.reverse:
+        crashes.reverse()
     if args.json:
-        _print_json(crashes)
+        _print_json(crashes, args.out, args.json)
     else:
-        print_table(crashes, sys.stdout)
+        print_table(crashes, args.out, legend=not args.no_legend)
     return EXIT_OK
 
 
 async def cmd_show(client: BrokerClient, args: argparse.Namespace) -> int:
     crash = await client.get_crash(await client.resolve(args.id))
     if args.json:
-        _print_json(crash)
+        _print_json(crash, args.out, args.json)
     else:
-        print_crash(crash, sys.stdout)
+        print_crash(crash, args.out)
     return EXIT_OK
 
 
@@ -201,10 +226,10 @@ async def cmd_backtrace(client: BrokerClient, args: argparse.Namespace) -> int:
         print(f"crashbroker: running gdb on the core of {exe}…", file=sys.stderr)
     text = await call
     if args.json:
-        _print_json({"id": crash_id, "backtrace": text})
+        _print_json({"id": crash_id, "backtrace": text}, args.out, args.json)
     else:
         text = escape_for_terminal(text.removesuffix("\n"), keep_newlines=True)
-        sys.stdout.write(text + "\n")
+        args.out.write(text + "\n")
     return EXIT_OK
 
 
@@ -277,8 +302,63 @@ async def cmd_watch(client: BrokerClient, args: argparse.Namespace) -> int:
 _SIGNALS = {"detected": "CrashDetected", "updated": "CrashUpdated", "removed": "CrashRemoved"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, taking option values as systemd's getopt does: ``-S -1h`` (a value that
+    starts with a dash) and ``--json`` without a value before a match (``--json kronometer``)."""
+
+    def _parse_known_args(
+        self, arg_strings: list[str], *rest: Any, **kw: Any
+    ) -> tuple[argparse.Namespace, list[str]]:
+        return super()._parse_known_args(self._getopt_style(arg_strings), *rest, **kw)
+
+    def _getopt_style(self, args: list[str]) -> list[str]:
+        known = self._option_string_actions
+        out: list[str] = []
+        i = 0
+        while i < len(args):
+            arg, nxt = args[i], args[i + 1] if i + 1 < len(args) else None
+            action = known.get(arg)
+            if arg == "--":
+                out += args[i:]
+                break
+            if action is not None and action.nargs == "?" and action.choices is not None:
+                if nxt not in action.choices:  # a bare --json: its default, not the next word
+                    arg = f"{arg}={action.const}"
+            elif (
+                action is not None
+                and action.nargs is None
+                and nxt is not None
+                and nxt.startswith("-")
+                and nxt not in known
+            ):
+                arg, i = f"{arg}={nxt}", i + 1
+            out.append(arg)
+            i += 1
+        return out
+
+
+def _timespec(text: str) -> int:
+    """-S/-U: a time specification (domain/timespec.py) as µs since the epoch."""
+    try:
+        return parse_timestamp(text, datetime.now().astimezone())
+    except TimeSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _paging_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="short",
+        choices=("short", "pretty"),
+        help="JSON for scripts: short (one line; what a bare --json gives) or pretty (indented)",
+    )
+    p.add_argument("--no-pager", action="store_true", help="do not pipe the output into a pager")
+    p.set_defaults(paged=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="crashbroker", description="Crash feed on the session bus (org.kde.crashbroker1)."
     )
     parser.add_argument("--version", action="version", version=f"crashbroker {__version__}")
@@ -306,22 +386,46 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--backtrace-timeout", type=float, metavar="SECONDS", help="per backtrace (default 120)"
     )
+    d.add_argument(
+        "--hint-core-dir",
+        type=Path,
+        metavar="DIR",
+        help="watch DIR for new cores, a hint to read the journal at once "
+        "(default /var/lib/systemd/coredump; trust still needs cores there)",
+    )
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
-    ls = sub.add_parser("list", help="list crashes, newest first")
-    ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    ls = sub.add_parser(
+        "list",
+        help="list crashes, newest first",
+        description="MATCH is a PID (a number), an executable (an absolute path), a program "
+        "name (comm, application name or the executable's basename) or FIELD=VALUE on a record "
+        "key (pid, uid, signal_name, exe, comm, unit, user_unit, hostname, machine_id, boot_id, "
+        "state, ...; COREDUMP_PID= and other journal field names work too). Matches on one "
+        "field are alternatives, matches on different fields must all hold. TIME is "
+        "YYYY-MM-DD [HH:MM[:SS]], HH:MM[:SS], today, yesterday, now, -1h, +30min, '2d ago', "
+        "@EPOCH, or a number of seconds ago.",
+    )
+    ls.add_argument(
+        "matches", nargs="*", metavar="MATCH", help="PID, /path/of/exe, program or FIELD=VALUE"
+    )
+    _paging_options(ls)
     ls.add_argument("--all", action="store_true", help="include dismissed crashes")
     ls.add_argument("--exe", help="only this executable (path or basename)")
     ls.add_argument("--machine", help="only this machine (machine id or hostname; fleet mode)")
-    ls.add_argument("--state", choices=["new", "claimed", "dismissed"])
-    ls.add_argument("--limit", type=int)
-    ls.add_argument("--since", type=float, metavar="SECONDS", help="only the last SECONDS")
+    ls.add_argument("--state", choices=["new", "claimed", "dismissed"], help="only this state")
+    ls.add_argument("-S", "--since", type=_timespec, metavar="TIME", help="crashes from TIME on")
+    ls.add_argument("-U", "--until", type=_timespec, metavar="TIME", help="crashes up to TIME")
+    ls.add_argument("-n", "--limit", type=int, metavar="N", help="only the newest N crashes")
+    ls.add_argument("-1", dest="limit", action="store_const", const=1, help="only the newest crash")
+    ls.add_argument("-r", "--reverse", action="store_true", help="oldest first")
+    ls.add_argument("--no-legend", action="store_true", help="no header line")
     ls.add_argument("--full", action="store_true", help="every key of each crash (as show)")
     ls.set_defaults(handler=cmd_list)
 
     sh = sub.add_parser("show", help="show one crash")
-    sh.add_argument("id", help="crash id (a unique prefix is enough)")
-    sh.add_argument("--json", action="store_true")
+    complete(sh.add_argument("id", help="crash id (a unique prefix is enough)"), "crash-id")
+    _paging_options(sh)
     sh.set_defaults(handler=cmd_show)
 
     w = sub.add_parser("watch", help="print one JSON line per crash signal")
@@ -330,13 +434,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(handler=cmd_watch)
 
     dm = sub.add_parser("dismiss", help="dismiss crashes (removes their KCrash files)")
-    dm.add_argument("ids", nargs="*")
+    complete(dm.add_argument("ids", nargs="*", metavar="ID", help="crash ids"), "crash-id")
     dm.add_argument("--all", action="store_true")
     dm.set_defaults(handler=cmd_dismiss)
 
     bt = sub.add_parser("backtrace", help="print a crash's backtrace (gdb, cached)")
-    bt.add_argument("id", help="crash id (a unique prefix is enough)")
-    bt.add_argument("--json", action="store_true", help='{"id": ..., "backtrace": ...}')
+    complete(bt.add_argument("id", help="crash id (a unique prefix is enough)"), "crash-id")
+    _paging_options(bt)
     bt.add_argument(
         "--timeout",
         type=float,
@@ -415,6 +519,9 @@ def cmd_install(args: argparse.Namespace) -> int:
         "next: systemctl --user daemon-reload && systemctl --user enable --now "
         "crashbroker crashbroker-notifier crashbroker-launcher crashbroker-cleanup.timer"
     )
+    if targets.zsh_functions is not None:
+        # zsh has no per-user completion directory in its default $fpath.
+        print(f"zsh: add fpath=({targets.zsh_functions} $fpath) to ~/.zshrc before compinit")
     _kcrash_advice(targets.kcrash_dropin, dropin_written=args.kcrash_dump_only)
     return EXIT_OK
 
@@ -560,11 +667,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop_threshold=args.loop_threshold,
             loop_window_s=args.loop_window,
             backtrace_timeout_s=args.backtrace_timeout,
+            hint_core_dir=args.hint_core_dir,
         )
         return daemon.main(config)
+    if getattr(args, "paged", False):
+        return _paged_client(args)
     if args.command != "watch":
         # A one-shot client keeps everything it unmarshals until it prints: the cycle collector
         # only re-scanned the growing reply (half the time of a 10,000-crash list). `watch`
         # runs for days and keeps it.
         gc.disable()
     return asyncio.run(client_main(args))
+
+
+def _paged_client(args: argparse.Namespace) -> int:
+    """list, show, backtrace: the output goes through a pager on a terminal (pager.py), once
+    the daemon answered (the backtrace spinner stays on stderr meanwhile)."""
+    from crashbroker import pager
+
+    command = pager.pager_command(os.environ, isatty=sys.stdout.isatty(), enabled=not args.no_pager)
+    args.out = io.StringIO() if command is not None else sys.stdout
+    gc.disable()  # as for every one-shot client (main)
+    code = asyncio.run(client_main(args))
+    if command is not None and (text := args.out.getvalue()):
+        pager.page(text, command)
+    return code

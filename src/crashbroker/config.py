@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crashbroker.domain.cursor import CatchUp
+from crashbroker.domain.entry import CORE_DIR
 
 COREDUMP_USER = "systemd-coredump"
 
@@ -55,6 +56,8 @@ class Config:
         loop_threshold, loop_window_s: that many crashes of one exe+signal within the window
             are a crash loop (see domain/loops.py).
         backtrace_timeout_s: deadline for reading the core + gdb of one backtrace.
+        hint_core_dir: watched for arriving core files, a hint to read the journal at once
+            (adapters/hints.py); trust still asks for cores in the real directory.
     """
 
     state_dir: Path
@@ -67,6 +70,7 @@ class Config:
     loop_threshold: int = 3
     loop_window_s: float = 60.0
     backtrace_timeout_s: float = 120.0
+    hint_core_dir: Path = Path(CORE_DIR)
 
     @property
     def database(self) -> Path:

@@ -1,8 +1,9 @@
 """Composition root: builds the adapters, wires the broker, runs until told to stop.
 
 Order (each cleanup is registered the moment its resource exists):
-store → journal (positioned) → broker → bus connection → exported object → bus name (last, so
-``Type=dbus`` readiness means fully set up) → one TaskGroup with the journal pump and the timer.
+store → journal (positioned) → broker → crash hints (inotify) → bus connection → exported object
+→ bus name (last, so ``Type=dbus`` readiness means fully set up) → one TaskGroup with the journal
+pump, the hint watcher and the timer.
 SIGTERM/SIGINT only set an event. Losing the bus ends the run with a failure exit, so systemd
 restarts us; the stored cursor means nothing is lost meanwhile.
 """
@@ -28,7 +29,9 @@ from crashbroker.adapters.core_file import inspect_core
 from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH
 from crashbroker.adapters.dbus_record import unsendable
 from crashbroker.adapters.dbus_service import LISTING_TAG, ManagerInterface
+from crashbroker.adapters.hints import HintWatcher
 from crashbroker.adapters.journal import JournalSource
+from crashbroker.adapters.journal_fleet import FleetSource
 from crashbroker.adapters.memory import keep_large_buffers_out_of_the_heap
 from crashbroker.adapters.metadata_dir import MetadataDir
 from crashbroker.adapters.store import CrashStore
@@ -104,8 +107,16 @@ async def run(config: Config) -> int:
                 salvage.moved_to,
                 len(salvage.states),
             )
-        source = JournalSource(
-            directory=config.journal_dir, cursor=store.cursor(), catch_up=catch_up
+        source = (
+            # A directory may hold several machines' files: each machine has its own position.
+            FleetSource(
+                directory=config.journal_dir,
+                cursor=store.cursor(),
+                positions=store.positions(),
+                catch_up=catch_up,
+            )
+            if config.journal_dir is not None
+            else JournalSource(cursor=store.cursor(), catch_up=catch_up)
         )
         source.open()
         stack.callback(source.close)
@@ -114,9 +125,10 @@ async def run(config: Config) -> int:
             own_uid=None if config.all_users else os.getuid(),
             machine_id=local_machine_id(),
         )
+        metadata = MetadataDir(config.cache_home)
         broker = Broker(
             store=store,
-            metadata=MetadataDir(config.cache_home),
+            metadata=metadata,
             policy=policy,
             inspect_core=inspect_core,
             correlator=Correlator(grace_us=config.grace_ms * 1000),
@@ -138,6 +150,20 @@ async def run(config: Config) -> int:
         if salvage is not None:
             broker.stats.store_rebuilt = 1
             broker.stats.states_salvaged = len(salvage.states)
+
+        def hinted(pid: int | None) -> None:
+            broker.stats.hints += 1
+            source.read_soon(pid)
+
+        # Watching starts before the journal is read (subscribe, then snapshot); a hint before
+        # the pump runs only makes its first wait shorter.
+        hints = HintWatcher(
+            hinted,
+            core_dir=config.hint_core_dir,
+            kcrash_dir=metadata.kcrash_dir,
+        )
+        hints.open()
+        stack.callback(hints.close)
 
         bus = (
             MessageBus(bus_address=config.bus_address)
@@ -174,6 +200,7 @@ async def run(config: Config) -> int:
         async with asyncio.TaskGroup() as tg:
             workers = [
                 tg.create_task(broker.run_journal(source.batches()), name="journal"),
+                tg.create_task(hints.run(), name="hints"),
                 tg.create_task(broker.run_timers(), name="timers"),
                 tg.create_task(broker.run_backtraces(), name="backtraces"),
                 tg.create_task(broker.run_checkpoints(), name="checkpoints"),

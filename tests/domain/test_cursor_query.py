@@ -44,6 +44,22 @@ def test_safe_cursor_follows_entries_that_need_no_correlation() -> None:
     assert t.safe() == "c2"
 
 
+def test_each_machine_stream_has_its_own_safe_position() -> None:
+    """Fleet mode: a crash pending on one machine holds back only that machine's position;
+    positions stored earlier are where each stream starts; the one reader's stream is apart."""
+    t = CursorTracker("fleet", {"a": "a0", "b": "b0"})
+    t.seen("a1", stream="a")
+    t.seen("a2", pending=key(2), stream="a")
+    t.seen("b1", stream="b")
+    t.seen("c1", pending=key(3), stream="c")  # a machine new in this run
+    t.seen("c2", stream="c")
+    assert t.streams() == {"a": "a1", "b": "b1"}  # nothing of c is safe yet
+    assert t.safe() == "fleet"
+    t.settled(key(3))
+    t.settled(key(2))
+    assert t.streams() == {"a": "a2", "b": "b1", "c": "c2"}
+
+
 def test_safe_cursor_stops_before_the_oldest_pending_entry() -> None:
     t = CursorTracker("c0")
     t.seen("c1")

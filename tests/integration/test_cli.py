@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from conftest import Daemon, RemoteJournal, written_at_crash
 
@@ -145,3 +147,185 @@ def test_openssl_is_kept_where_a_hash_is_not_built_in() -> None:
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == [blocked, "True", "cf83e135", "786a02f7"], done.stdout
         assert "ERROR" not in done.stderr, done.stderr
+
+
+# ---- coredumpctl's habits: matches, -S/-U, -r, -1, -n, --json=MODE, --no-legend, the pager ----
+
+
+async def _three_crashes(daemon: Daemon, remote_journal: RemoteJournal) -> dict[str, Any]:
+    """sleep 10 days ago, kronometer 5 days ago (in app.service), sleep 2 days ago (SIGABRT),
+    at 10:00, 12:00 and 08:00 local time; by name: ``old``, ``kron``, ``new``."""
+    midnight = datetime.combine(date.today(), datetime.min.time())
+    at = {
+        "old": midnight - timedelta(days=10) + timedelta(hours=10),
+        "kron": midnight - timedelta(days=5) + timedelta(hours=12),
+        "new": midnight - timedelta(days=2) + timedelta(hours=8),
+    }
+    usec = {k: int(v.timestamp()) * 1_000_000 for k, v in at.items()}
+    extra: dict[str, dict[str, str]] = {
+        "old": {},
+        "kron": {"COREDUMP_UNIT": "app.service"},
+        "new": {"COREDUMP_SIGNAL": "6", "COREDUMP_SIGNAL_NAME": "SIGABRT"},
+    }
+    pids = {"old": 910_001, "kron": 910_002, "new": 910_003}
+    for name, template in (
+        ("old", "sleep-sigsegv.export"),
+        ("kron", "kronometer-sigsegv.export"),
+        ("new", "sleep-sigsegv.export"),
+    ):
+        entry = remote_journal.coredump(
+            template,
+            pid=pids[name],
+            COREDUMP_TIMESTAMP=str(usec[name]),
+            __REALTIME_TIMESTAMP=str(usec[name] + 400_000),
+            **extra[name],
+        )
+        if name == "kron":  # KCrash metadata: the app's name is Kronometer
+            ini = daemon.kcrash_dir / f"{pids[name]}.ini"
+            ini.write_text(
+                f"[KCrash]\nexe=/usr/bin/kronometer\nprogramname=Kronometer\npid={pids[name]}\n"
+            )
+            written_at_crash(ini, entry)
+        remote_journal.append(entry)
+    daemon.args = [f"--journal-dir={remote_journal.directory}"]
+    await daemon.start()
+    ids = {name: (await daemon.client.crash(pid))["id"] for name, pid in pids.items()}
+    return {"ids": ids, "at": at}
+
+
+async def _listed(addr: str, *args: str) -> list[str]:
+    rc, out, err = await cli(addr, "list", "--json", *args)
+    assert rc == 0, err
+    return [c["id"] for c in json.loads(out)]
+
+
+async def test_list_matches_like_coredumpctl(daemon: Daemon, remote_journal: RemoteJournal):
+    crashes = await _three_crashes(daemon, remote_journal)
+    old, kron, new = (crashes["ids"][k] for k in ("old", "kron", "new"))
+    addr = daemon.bus_address
+    assert await _listed(addr) == [new, kron, old]
+    assert await _listed(addr, "910001") == [old]  # a PID
+    assert await _listed(addr, "sleep") == [new, old]  # COMM
+    assert await _listed(addr, "Kronometer") == [kron]  # the app's name
+    assert await _listed(addr, "/usr/bin/kronometer") == [kron]  # the exe
+    assert await _listed(addr, "signal_name=SIGABRT") == [new]  # FIELD=VALUE
+    assert await _listed(addr, "COREDUMP_PID=910002") == [kron]
+    assert await _listed(addr, "unit=app.service") == [kron]  # a key only full records have
+    assert await _listed(addr, "910001", "910003") == [new, old]  # one field: OR
+    assert await _listed(addr, "sleep", "signal_name=SIGSEGV") == [old]  # fields: AND
+    assert await _listed(addr, "sleep", "-n", "1") == [new]  # the limit after the match
+    rc, _, err = await cli(addr, "list", "colour=red")
+    assert rc == 2 and "no record key 'colour'" in err
+
+
+async def test_list_since_until_with_dates_and_relative_times(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    crashes = await _three_crashes(daemon, remote_journal)
+    old, kron, new = (crashes["ids"][k] for k in ("old", "kron", "new"))
+    addr = daemon.bus_address
+    day = crashes["at"]["kron"].date()
+    after = day + timedelta(days=1)
+    assert await _listed(addr, "-S", str(day), "-U", str(after)) == [kron]
+    assert await _listed(addr, "--since", f"{day} 12:00:00", "--until", f"{day} 12:00") == [kron]
+    assert await _listed(addr, "-S", f"{day} 12:00:01") == [new]
+    assert await _listed(addr, "-U", f"{day} 11:59") == [old]
+    assert await _listed(addr, "-S", "-4d") == [new]  # relative, with a leading dash
+    assert await _listed(addr, "--since=-7d", "-U", "-3d") == [kron]
+    assert await _listed(addr, "-U", "yesterday") == [new, kron, old]
+    assert await _listed(addr, "-S", "today") == []
+    assert await _listed(addr, "--since", "3600") == []  # seconds ago, as before
+    assert await _listed(addr, "--since", str(11 * 86400)) == [new, kron, old]
+    rc, _, err = await cli(addr, "list", "-S", "last tuesday")
+    assert rc == 2 and "invalid time 'last tuesday'" in err
+
+
+async def test_list_order_count_json_modes_and_legend(
+    daemon: Daemon, remote_journal: RemoteJournal
+):
+    crashes = await _three_crashes(daemon, remote_journal)
+    old, kron, new = (crashes["ids"][k] for k in ("old", "kron", "new"))
+    addr = daemon.bus_address
+    assert await _listed(addr, "-r") == [old, kron, new]
+    assert await _listed(addr, "-1") == [new]
+    assert await _listed(addr, "-n", "2") == [new, kron]
+    assert await _listed(addr, "-n", "2", "-r") == [kron, new]  # the newest 2, oldest first
+    assert await _listed(addr, "--limit", "1") == [new]
+
+    _, short, _ = await cli(addr, "list", "--json", "sleep")  # a bare --json before a match
+    _, short2, _ = await cli(addr, "list", "sleep", "--json=short")
+    _, pretty, _ = await cli(addr, "list", "--json=pretty", "sleep")
+    assert short == short2 and len(short.splitlines()) == 1
+    assert len(pretty.splitlines()) > 20 and pretty.startswith("[\n  {\n    ")
+    assert json.loads(short) == json.loads(pretty)
+    _, shown, _ = await cli(addr, "show", new, "--json=pretty")
+    assert shown.startswith("{\n  ") and json.loads(shown)["id"] == new
+
+    _, table, _ = await cli(addr, "list", "-r")
+    _, bare, _ = await cli(addr, "list", "-r", "--no-legend")
+    assert table.splitlines()[0].split()[:2] == ["ID", "TIME"]
+    assert bare.splitlines() == table.splitlines()[1:]
+    assert [line.split()[0] for line in bare.splitlines()] == [old, kron, new]
+    _, none, _ = await cli(addr, "list", "--no-legend", "-S", "today")
+    assert none == ""
+
+
+async def _on_a_terminal(addr: str, env: dict[str, str], *args: str) -> tuple[int, str]:
+    """The CLI with a pseudo-terminal as stdout: its return code and what the terminal got."""
+    master, slave = os.openpty()
+    env = {**{k: v for k, v in os.environ.items() if not k.endswith("PAGER")}, **env}
+    env["DBUS_SESSION_BUS_ADDRESS"] = addr
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crashbroker", *args, env=env, stdout=slave,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = await asyncio.to_thread(os.read, master, 65536)
+        except OSError:  # EIO: the terminal's last writer closed it
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+async def test_list_show_backtrace_page_on_a_terminal_only(
+    daemon: Daemon, remote_journal: RemoteJournal, tmp_path: Path
+):
+    crashes = await _three_crashes(daemon, remote_journal)
+    new = crashes["ids"]["new"]
+    addr = daemon.bus_address
+    paged = tmp_path / "paged"
+    # The pager's command line goes through sh, as systemd's does; LESS is set for it.
+    pager = f'{{ echo "LESS=$LESS"; cat; }} > {paged}'
+    rc, seen = await _on_a_terminal(addr, {"PAGER": pager}, "list")
+    assert rc == 0 and seen == ""
+    text = paged.read_text()
+    assert text.startswith("LESS=FRSXMK\nID ") and new in text
+    paged.unlink()
+
+    rc, seen = await _on_a_terminal(addr, {"SYSTEMD_PAGER": pager, "PAGER": "false"}, "show", new)
+    assert rc == 0 and "Crash: " in paged.read_text() and seen == ""
+    paged.unlink()
+
+    rc, seen = await _on_a_terminal(addr, {"PAGER": pager}, "list", "--no-pager")
+    assert rc == 0 and seen.startswith("ID ") and not paged.exists()
+    rc, seen = await _on_a_terminal(addr, {"PAGER": "cat"}, "show", new)  # cat: none
+    assert rc == 0 and "Crash: " in seen
+    # Not a terminal: never a pager.
+    env_pager = {**os.environ, "PAGER": pager}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crashbroker", "list", env={**env_pager, "DBUS_SESSION_BUS_ADDRESS":
+        addr}, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and out.decode().startswith("ID ") and not paged.exists()
+    # backtrace is paged too (its gdb run fails without a core: nothing to page, no pager).
+    rc, seen = await _on_a_terminal(addr, {"PAGER": pager}, "backtrace", new, "--timeout", "30")
+    assert not paged.exists()

@@ -144,6 +144,21 @@ def test_counts_groups_members_and_expiry(tmp_path: Path) -> None:
     store.close()
 
 
+def test_machine_positions_commit_with_the_rows_and_apart_from_the_cursor(tmp_path: Path) -> None:
+    path = tmp_path / "crashes.sqlite"
+    store = CrashStore(path)
+    crash = make_crash(1, T0, T0, "/usr/bin/kate", CrashState.NEW)
+    store.upsert([crash], "fleet", positions={"a" * 32: "s=1;i=2", "b" * 32: "s=3;i=4"})
+    store.save_cursor(None, {"b" * 32: "s=3;i=5"})
+    store.save_cursor("fleet")
+    store.close()
+    store = CrashStore(path)
+    assert store.cursor() == "fleet"
+    assert store.positions() == {"a" * 32: "s=1;i=2", "b" * 32: "s=3;i=5"}
+    assert store.ids() == {crash.id}
+    store.close()
+
+
 def test_list_records_follow_updates_and_are_rendered_again_under_a_new_tag(
     tmp_path: Path,
 ) -> None:

@@ -119,7 +119,7 @@ async def test_install_is_idempotent_respects_foreign_files_and_uninstalls(
 ):
     assert (await run("install", env=home))[0] == 0
     rc, out, _ = await run("install", env=home)
-    assert rc == 0 and "wrote" not in out and out.count("unchanged") == 9
+    assert rc == 0 and "wrote" not in out and out.count("unchanged") == 14
     units = Path(home["HOME"]) / ".config/systemd/user"
     mine = units / "crashbroker-notifier.service"
     mine.write_text("[Service]\nExecStart=/bin/true\n")  # the user's own file now
@@ -127,10 +127,121 @@ async def test_install_is_idempotent_respects_foreign_files_and_uninstalls(
     assert rc == 1 and "was not written by crashbroker" in err
     assert mine.read_text() == "[Service]\nExecStart=/bin/true\n"
     rc, out, _ = await run("install", "--uninstall", env=home)
-    assert rc == 0 and out.count("removed") == 8
+    assert rc == 0 and out.count("removed") == 13
     assert mine.exists()  # not ours: left alone
     assert (await run("install", "--force", env=home))[0] == 0
     assert "crashbroker-notifier" in mine.read_text()
+
+
+def _needs(*tools: str) -> None:
+    for tool in tools:
+        if shutil.which(tool) is None:
+            missing_rig(f"{tool} missing (scripts/setup installs man-db, groff-base, zsh)")
+
+
+def _man_warnings(page: Path) -> str:
+    """What man-db and groff say when rendering ``page`` (empty: no warning)."""
+    man = subprocess.run(
+        ["man", "--warnings", "-l", str(page)], env={**os.environ, "MANWIDTH": "80",
+        "LC_ALL": "C.UTF-8", "MANPAGER": "cat"}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    groff = subprocess.run(
+        ["groff", "-man", "-ww", "-z", str(page)], capture_output=True, text=True, check=True
+    )
+    return man.stderr + groff.stderr
+
+
+def _bash_complete(script: Path, line: list[str], *, library: bool) -> list[str]:
+    """The words bash offers for the last word of ``line`` with the completion ``script``
+    (after bash-completion's own library, or without it)."""
+    words = " ".join(f"'{w}'" for w in line)
+    lib = "source /usr/share/bash-completion/bash_completion; " if library else ""
+    probe = (
+        f"{lib}source {script}; complete -p crashbroker >&2; "
+        f'COMP_WORDS=({words}); COMP_CWORD={len(line) - 1}; COMP_LINE="${{COMP_WORDS[*]}}"; '
+        'COMP_POINT=${#COMP_LINE}; _crashbroker; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stderr.strip() == "complete -F _crashbroker crashbroker", done.stderr
+    return [w for w in done.stdout.splitlines() if w]
+
+
+async def test_install_writes_man_pages_and_completions_made_from_the_parser(
+    home: dict[str, str], tmp_path: Path
+):
+    _needs("man", "groff", "bash", "zsh")
+    rc, out, err = await run("install", env=home)
+    assert rc == 0, err
+    share = Path(home["HOME"]) / ".local/share"
+    pages = [share / "man/man1/crashbroker.1"] + [
+        share / f"man/man8/crashbroker-{p}.8" for p in ("launcher", "notifier")
+    ]
+    bash = share / "bash-completion/completions/crashbroker"
+    zsh = share / "zsh/site-functions/_crashbroker"
+    for path in [*pages, bash, zsh]:
+        assert f"wrote {path}" in out
+    assert f"fpath=({share}/zsh/site-functions $fpath)" in out
+
+    for page in pages:
+        assert _man_warnings(page) == "", page
+    rendered = subprocess.run(
+        ["man", "-l", str(pages[0])], env={**os.environ, "MANWIDTH": "100", "MANPAGER": "cat"},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for option in ("-S, --since TIME", "--json[=short|pretty]", "--no-legend", "--no-pager",
+                   "list [OPTIONS] [MATCH...]", "SYSTEMD_PAGER", "EXIT STATUS"):  # fmt: skip
+        assert option in rendered, option
+    # The check is not vacuous: a broken request is reported.
+    broken = tmp_path / "broken.1"
+    broken.write_text(pages[0].read_text() + ".bogus\n\\fBunclosed\n.TP 3q\n")
+    assert _man_warnings(broken) != ""
+
+    for library in (True, False):
+        assert "list" in _bash_complete(bash, ["crashbroker", "li"], library=library)
+        assert _bash_complete(bash, ["crashbroker", "list", "--state", ""], library=library) == [
+            "new", "claimed", "dismissed"
+        ]  # fmt: skip
+        offered = _bash_complete(bash, ["crashbroker", "list", "-"], library=library)
+        assert {"-S", "--since", "-U", "--until", "-1", "-r", "--no-legend"} <= set(offered)
+        assert _bash_complete(bash, ["crashbroker", "list", "--json=p"], library=library) == [
+            "--json=pretty"
+        ]
+
+    assert subprocess.run(["zsh", "-n", str(zsh)], capture_output=True, check=False).returncode == 0
+    lines = zsh.read_text().splitlines()
+    assert lines[0] == "#compdef crashbroker" and lines[1] == MARKER
+    assert "'(-S --since)-S+[crashes from TIME on]:time: ' \\" in [x.strip() for x in lines]
+    # zsh itself loads the function and knows what it completes.
+    probe = subprocess.run(
+        ["zsh", "-f", "-c", f"fpath=({zsh.parent} $fpath); autoload -Uz compinit; "
+         "compinit -u -d /dev/null; print -r -- $_comps[crashbroker]"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "_crashbroker", probe.stderr
+
+    rc, out, _ = await run("install", "--uninstall", env=home)
+    assert rc == 0 and not any(p.exists() for p in [*pages, bash, zsh])
+
+
+async def test_install_system_puts_man_pages_and_completions_where_distributions_do(
+    tmp_path: Path, home: dict[str, str]
+):
+    for prefix, zsh_dir in (("/usr", "vendor-completions"), ("/usr/local", "site-functions")):
+        dest = tmp_path / prefix.strip("/").replace("/", "-")
+        rc, _, err = await run(
+            "install", "--system", f"--prefix={prefix}", f"--destdir={dest}", env=home
+        )
+        assert rc == 0, err
+        share = dest / prefix.strip("/") / "share"
+        zsh = share / "zsh" / zsh_dir / "_crashbroker"
+        assert zsh.read_text().startswith("#compdef crashbroker\n# zsh completion")
+        bash = share / "bash-completion/completions/crashbroker"
+        assert bash.read_text().rstrip().endswith("complete -F _crashbroker crashbroker")
+        page = share / "man/man1/crashbroker.1"
+        assert page.read_text().startswith('.\\" Generated by crashbroker.docgen')
+        assert (share / "man/man8/crashbroker-launcher.8").is_file()
+        for f in (zsh, bash, page):
+            assert MARKER not in f.read_text()
 
 
 ENV_GENERATOR = "/usr/lib/systemd/user-environment-generators/30-systemd-environment-d-generator"
@@ -154,11 +265,11 @@ async def test_install_kcrash_dump_only_writes_a_dropin_systemd_reads_and_uninst
     assert "KCRASH_DUMP_ONLY=1" in generated
 
     rc, out, _ = await run("install", "--kcrash-dump-only", env=home)
-    assert rc == 0 and "wrote" not in out and out.count("unchanged") == 10
+    assert rc == 0 and "wrote" not in out and out.count("unchanged") == 15
     rc, out, _ = await run("install", env=home)  # a plain install leaves the drop-in alone
     assert rc == 0 and dropin.exists() and str(dropin) not in out
     rc, out, _ = await run("install", "--uninstall", env=home)
-    assert rc == 0 and f"removed {dropin}" in out and out.count("removed") == 10
+    assert rc == 0 and f"removed {dropin}" in out and out.count("removed") == 15
     assert not dropin.exists()
 
     # The user's own file of that name is neither replaced nor removed.

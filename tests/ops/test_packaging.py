@@ -126,7 +126,7 @@ def test_an_installed_wheel_installs_the_user_layout(venv: Path, env: dict[str, 
         "site-packages",
     )
     out = sh(bindir / "crashbroker", "install", env=env)
-    assert out.count("wrote ") == 9
+    assert out.count("wrote ") == 14
     home = Path(env["HOME"])
     units = home / ".config/systemd/user"
     share = home / ".local/share"
@@ -148,7 +148,15 @@ def test_an_installed_wheel_installs_the_user_layout(venv: Path, env: dict[str, 
     for kf in ("knotifications5", "knotifications6"):
         assert "[Event/crashed]" in (share / kf / "crashbroker.notifyrc").read_text()
     verify(units, env)
-    assert sh(bindir / "crashbroker", "install", "--uninstall", env=env).count("removed ") == 9
+    # Made from the installed code's parsers: man pages, bash and zsh completions.
+    assert "\\fB\\-\\-since\\fR" in (share / "man/man1/crashbroker.1").read_text()
+    assert (share / "man/man8/crashbroker-launcher.8").is_file()
+    assert (
+        "complete -F _crashbroker crashbroker"
+        in (share / "bash-completion/completions/crashbroker").read_text()
+    )
+    assert (share / "zsh/site-functions/_crashbroker").read_text().startswith("#compdef ")
+    assert sh(bindir / "crashbroker", "install", "--uninstall", env=env).count("removed ") == 14
 
 
 def test_an_installed_wheel_installs_the_distribution_layout(
@@ -169,6 +177,11 @@ def test_an_installed_wheel_installs_the_distribution_layout(
             "usr/share/knotifications6/crashbroker.notifyrc",
             "usr/libexec/crashbroker-launcher",
             "usr/libexec/crashbroker-notifier",
+            "usr/share/man/man1/crashbroker.1",
+            "usr/share/man/man8/crashbroker-launcher.8",
+            "usr/share/man/man8/crashbroker-notifier.8",
+            "usr/share/bash-completion/completions/crashbroker",
+            "usr/share/zsh/vendor-completions/_crashbroker",
         ]
     )
     units = dest / "usr/lib/systemd/user"

@@ -30,6 +30,11 @@ logger = logging.getLogger(__name__)
 REALTIME_PREFIX = "realtime:"
 DEFAULT_BATCH = 256
 STEP_BACK = 1_000  # coredumps from the end: ~25 ms to step over on the bench machine
+# After a hint (read_soon, adapters/hints.py): read every HINT_INTERVAL_S until the hinted entry
+# is read or HINT_WINDOW_S after the last hint. A real entry is readable ~70 ms after the kill,
+# journald's notification comes ~250 ms after that.
+HINT_INTERVAL_S = 0.015
+HINT_WINDOW_S = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,9 @@ class JournalBatch:
     entries: list[dict[str, str]]
     at_end: bool
     position: str | None  # a resumable position even when ``entries`` is empty
+    # Whose position ``position`` is: "" for the one reader of a journal, a machine's id in
+    # fleet mode (adapters/journal_fleet.py: each machine followed from its own position).
+    machine: str = ""
 
 
 def field_text(value: Any) -> str:
@@ -169,6 +177,12 @@ class JournalSource:
         self._skip_cursor: str | None = None
         self._position: str | None = cursor
         self.invalidations = 0
+        self.hint_reads = 0  # reads made because a hint was due, not on the journal's notification
+        self.hint_window_s = HINT_WINDOW_S  # re-reads last this long after the last hint
+        self._wake: asyncio.Event | None = None
+        self._hint_until = 0.0
+        self._hinted: set[str] = set()  # COREDUMP_PID of hinted crashes not read yet
+        self._hinted_blind = False  # a hint without a pid: re-read until the window ends
 
     def _new_reader(self) -> Any:
         """An unpositioned reader of our journal.
@@ -275,12 +289,36 @@ class JournalSource:
             entries.append(raw)
         return JournalBatch(entries, at_end=False, position=self._position)
 
+    def read_soon(self, pid: int | None = None) -> None:
+        """An entry is imminent (a core or KCrash file arrived): read now and shortly after.
+
+        journald notifies readers of an append ~250 ms late, while the entry can be read much
+        sooner. The pump reads at once, then every :data:`HINT_INTERVAL_S` until an entry of
+        ``pid`` was read (any entry with that pid: what is published is decided later, as
+        always) or ``hint_window_s`` after the last hint. Call on the loop of :meth:`batches`.
+        """
+        self._hint_until = asyncio.get_running_loop().time() + self.hint_window_s
+        if pid is None:
+            self._hinted_blind = True
+        else:
+            self._hinted.add(str(pid))
+        if self._wake is not None:
+            self._wake.set()
+
+    def _hint_delay(self, now: float) -> float | None:
+        """How long until the next read a hint asks for; None when none is due (and forget)."""
+        if now >= self._hint_until or not (self._hinted or self._hinted_blind):
+            self._hinted.clear()
+            self._hinted_blind = False
+            return None
+        return min(HINT_INTERVAL_S, self._hint_until - now)
+
     async def batches(self) -> AsyncIterator[JournalBatch]:
         """Yield batches forever: the backlog first, then live entries as journald appends them."""
         if self._reader is None:
             self.open()
         loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
+        wake = self._wake = asyncio.Event()
 
         def on_readable() -> None:
             try:
@@ -301,6 +339,8 @@ class JournalSource:
                 wake.clear()
                 batch = self._read_batch()
                 read += len(batch.entries)
+                if self._hinted:
+                    self._hinted.difference_update(e.get("COREDUMP_PID", "") for e in batch.entries)
                 yield batch
                 if not batch.at_end:
                     continue
@@ -322,6 +362,14 @@ class JournalSource:
                         loop.add_reader(fd, on_readable)
                         release_free_memory()  # what the catch-up's objects occupied
                         continue
+                delay = self._hint_delay(loop.time())
+                if delay is not None:
+                    try:
+                        async with asyncio.timeout(delay):
+                            await wake.wait()
+                    except TimeoutError:
+                        self.hint_reads += 1
+                    continue
                 if timeout_us is None:
                     await wake.wait()
                 else:
@@ -331,4 +379,5 @@ class JournalSource:
                     except TimeoutError:
                         self._reader.process()
         finally:
+            self._wake = None
             loop.remove_reader(fd)

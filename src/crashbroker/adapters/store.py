@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,6 +29,8 @@ from crashbroker.ports import Expired, Listed
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
+# meta keys of each machine's journal position (fleet mode), after the single 'cursor'
+_POSITION = "cursor@"
 # The write-ahead log is checkpointed by a worker thread past SQLite's default auto-checkpoint
 # size (1000 pages of 4 KiB), and inline by the committing call past the limit.
 CHECKPOINT_BYTES = 4_096_000
@@ -507,6 +509,14 @@ class CrashStore:
         row = self._db.execute("SELECT value FROM meta WHERE key='cursor'").fetchone()
         return str(row[0]) if row else None
 
+    def positions(self) -> dict[str, str]:
+        """Each machine's journal position (fleet mode: adapters/journal_fleet.py)."""
+        rows = self._db.execute(
+            "SELECT key, value FROM meta WHERE key >= ? AND key < ?",
+            (_POSITION, _POSITION[:-1] + chr(ord(_POSITION[-1]) + 1)),
+        ).fetchall()
+        return {str(k).removeprefix(_POSITION): str(v) for k, v in rows}
+
     def unannounced(self) -> list[str]:
         """Crashes stored by a run that stopped before announcing them."""
         return [str(r[0]) for r in self._read("SELECT id FROM crashes WHERE announced=0")]
@@ -547,9 +557,15 @@ class CrashStore:
         with self._tx() as db:
             self._update(db, [crash])
 
-    def upsert(self, crashes: list[Crash], cursor: str | None, announced: bool = True) -> None:
-        """Insert or replace ``crashes`` (and move the cursor) in one transaction. New rows get
-        ``announced``; a row already announced stays so."""
+    def upsert(
+        self,
+        crashes: list[Crash],
+        cursor: str | None,
+        announced: bool = True,
+        positions: Mapping[str, str] | None = None,
+    ) -> None:
+        """Insert or replace ``crashes`` (and move the cursor and the machines' ``positions``)
+        in one transaction. New rows get ``announced``; a row already announced stays so."""
         with self._tx() as db:
             db.executemany(
                 f"INSERT INTO crashes({_COLUMNS}) VALUES({', '.join('?' * 15)})"
@@ -559,6 +575,7 @@ class CrashStore:
             )
             if cursor is not None:
                 self._put_cursor(db, cursor)
+            self._put_positions(db, positions or {})
 
     def mark_announced(self, ids: list[str]) -> None:
         with self._tx() as db:
@@ -588,9 +605,19 @@ class CrashStore:
             db.execute("DELETE FROM crashes WHERE timestamp < ?", (before_us,))
         return gone
 
-    def save_cursor(self, cursor: str) -> None:
+    def save_cursor(self, cursor: str | None, positions: Mapping[str, str] | None = None) -> None:
         with self._tx() as db:
-            self._put_cursor(db, cursor)
+            if cursor is not None:
+                self._put_cursor(db, cursor)
+            self._put_positions(db, positions or {})
+
+    @staticmethod
+    def _put_positions(db: sqlite3.Connection, positions: Mapping[str, str]) -> None:
+        db.executemany(
+            "INSERT INTO meta(key, value) VALUES(?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            [(_POSITION + k, v) for k, v in positions.items()],
+        )
 
     @staticmethod
     def _put_cursor(db: sqlite3.Connection, cursor: str) -> None:

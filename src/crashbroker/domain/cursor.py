@@ -4,6 +4,7 @@ where a first start begins."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 
 from crashbroker.domain.model import CrashKey
 
@@ -22,23 +23,34 @@ class CursorTracker:
     A crash waiting for its metadata must not be skipped after a restart, so the persisted
     cursor stops just before the oldest pending entry. Entries after it that were already
     published are read again after a restart and recognised by their stable id.
+
+    Positions are kept per stream: ``""`` for the one reader of a journal, a machine's id for
+    a fleet directory followed machine by machine (each machine has a position of its own and
+    a pending crash holds back only its own machine's).
     """
 
-    def __init__(self, start: str | None = None) -> None:
-        self._latest = start
-        self._pending: dict[CrashKey, str | None] = {}  # insertion order = journal order
+    def __init__(self, start: str | None = None, streams: Mapping[str, str] | None = None) -> None:
+        self._latest: dict[str, str | None] = {**(streams or {}), "": start}
+        # insertion order = journal order (within a stream)
+        self._pending: dict[CrashKey, tuple[str, str | None]] = {}
 
-    def seen(self, cursor: str, pending: CrashKey | None = None) -> None:
+    def seen(self, cursor: str, pending: CrashKey | None = None, stream: str = "") -> None:
         """An entry at ``cursor`` was read; ``pending`` names the crash still unsettled there."""
         if pending is not None and pending not in self._pending:
-            self._pending[pending] = self._latest
-        self._latest = cursor
+            self._pending[pending] = (stream, self._latest.get(stream))
+        self._latest[stream] = cursor
 
     def settled(self, key: CrashKey) -> None:
         self._pending.pop(key, None)
 
-    def safe(self) -> str | None:
+    def safe(self, stream: str = "") -> str | None:
         """The cursor to persist: every entry up to and including it is handled."""
-        for before in self._pending.values():
-            return before
-        return self._latest
+        for of, before in self._pending.values():
+            if of == stream:
+                return before
+        return self._latest.get(stream)
+
+    def streams(self) -> dict[str, str]:
+        """The position to persist of each machine stream that has one (``""`` not included)."""
+        safe = {s: self.safe(s) for s in self._latest if s}
+        return {s: c for s, c in safe.items() if c is not None}

@@ -3,7 +3,8 @@ entry and its KNotification ``crashbroker.notifyrc`` where a session finds them,
 path of the installed commands filled in; with ``--kcrash-dump-only`` also an ``environment.d``
 drop-in setting ``KCRASH_DUMP_ONLY=1`` for the user's sessions. ``--system`` writes the same
 files in a distribution's layout under ``DESTDIR/PREFIX`` (plus the interface XML and the
-launcher and notifier under ``libexec``), for packaging.
+launcher and notifier under ``libexec``), for packaging. Both layouts also get the man pages
+and the bash and zsh completions, generated from the argument parsers (manual.py).
 
 Files the user layout writes carry a marker line; a file without it (the user's own, or a
 distribution's) is never overwritten or removed without ``--force``.
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from crashbroker import manual
 from crashbroker.config import xdg_dir
 
 MARKER = "# Installed by `crashbroker install`; it is rewritten and removed by it."
@@ -40,6 +42,19 @@ NOTIFYRC = "crashbroker.notifyrc"
 NOTIFYRC_DIRS = ("knotifications5", "knotifications6")
 # In the --system layout they run from libexec: not commands a user types.
 LIBEXEC_PROGRAMS = {"crashbroker-launcher": "launcher", "crashbroker-notifier": "notifier"}
+# Generated files (manual.py) and where each layout puts them, under the data dir (share/):
+# bash-completion 2 loads completions on demand from $XDG_DATA_HOME/bash-completion/completions
+# (or $BASH_COMPLETION_USER_DIR/completions) and <prefix>/share/bash-completion/completions;
+# zsh has no per-user directory in its default $fpath (docs/operations.md says what to add);
+# Debian's zsh reads /usr/share/zsh/vendor-completions, other prefixes' site-functions (zsh's
+# own default for /usr/local); man-db finds ~/.local/share/man through ~/.local/bin in $PATH.
+ZSH_FILE = "_crashbroker"
+MAN_PAGES = (
+    "man1/crashbroker.1",
+    "man8/crashbroker-launcher.8",
+    "man8/crashbroker-notifier.8",
+)
+BASH_FILE = "crashbroker"
 # environment.d(5): read by the user manager when it starts; 60- sorts after distribution
 # defaults and leaves room for the user's own files after it.
 KCRASH_DROPIN = "60-crashbroker-kcrash.conf"
@@ -104,6 +119,9 @@ class Targets:
     interfaces: Path | None = None  # only the --system layout ships the XML
     libexec: Path | None = None  # --system: where the launcher and notifier go
     marker: bool = True  # the user layout's ownership marker; packages own --system files
+    man: Path | None = None  # share/man: the generated man pages (manual.py)
+    bash_completions: Path | None = None
+    zsh_functions: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Targets:
@@ -115,12 +133,21 @@ class Targets:
             environment=config / "environment.d",
             applications=data / "applications",
             notifyrc=tuple(data / d for d in NOTIFYRC_DIRS),
+            man=data / "man",
+            bash_completions=(
+                Path(env["BASH_COMPLETION_USER_DIR"]) / "completions"
+                if env.get("BASH_COMPLETION_USER_DIR")
+                else data / "bash-completion" / "completions"
+            ),
+            zsh_functions=data / "zsh" / "site-functions",
         )
 
     @classmethod
     def system(cls, prefix: Path, destdir: Path | None = None) -> Targets:
         """A distribution's layout: ``DESTDIR/PREFIX/lib/systemd/user``, ``…/share/dbus-1``,
-        ``…/share/applications``, ``…/share/knotifications{5,6}``, ``…/libexec``."""
+        ``…/share/applications``, ``…/share/knotifications{5,6}``, ``…/libexec``, ``…/share/man``,
+        ``…/share/bash-completion/completions``, ``…/share/zsh/vendor-completions`` (Debian's,
+        for the prefix ``/usr``; else ``…/share/zsh/site-functions``)."""
         root = Path(str(destdir) + str(prefix)) if destdir else prefix
         share = root / "share"
         return cls(
@@ -132,6 +159,11 @@ class Targets:
             interfaces=share / "dbus-1" / "interfaces",
             libexec=root / "libexec",
             marker=False,
+            man=share / "man",
+            bash_completions=share / "bash-completion" / "completions",
+            zsh_functions=share
+            / "zsh"
+            / ("vendor-completions" if prefix == Path("/usr") else "site-functions"),
         )
 
     @property
@@ -146,6 +178,17 @@ class Targets:
         out += [(f"desktop/{NOTIFYRC}", d / NOTIFYRC) for d in self.notifyrc]
         if self.interfaces is not None:
             out += [(f"dbus/{x}", self.interfaces / x) for x in INTERFACES]
+        return out
+
+    def generated(self) -> list[tuple[str, Path]]:
+        """(name in ``manual.generated()``, destination)."""
+        out: list[tuple[str, Path]] = []
+        if self.man is not None:
+            out += [(page, self.man / page) for page in MAN_PAGES]
+        if self.bash_completions is not None:
+            out.append((manual.BASH, self.bash_completions / BASH_FILE))
+        if self.zsh_functions is not None:
+            out.append((manual.ZSH, self.zsh_functions / ZSH_FILE))
         return out
 
 
@@ -178,6 +221,20 @@ def render_kcrash_dropin() -> str:
     return MARKER + "\n" + KCRASH_DROPIN_TEXT
 
 
+# A man page's marker is a roff comment; a zsh completion keeps `#compdef` on its first line.
+_ROFF_MARKER = '.\\" ' + MARKER
+
+
+def mark_generated(name: str, text: str) -> str:
+    """A generated file with the user layout's marker where its format allows a comment."""
+    if name.startswith("man"):
+        return _ROFF_MARKER + "\n" + text
+    if name == manual.ZSH:
+        first, _, rest = text.partition("\n")
+        return f"{first}\n{MARKER}\n{rest}"
+    return MARKER + "\n" + text
+
+
 def ours(path: Path) -> bool:
     """``path`` is a regular file that ``crashbroker install`` wrote (its first line)."""
     return not path.is_symlink() and _ours(path)
@@ -186,9 +243,13 @@ def ours(path: Path) -> bool:
 def _ours(path: Path) -> bool:
     try:
         with path.open(encoding="utf-8", errors="replace") as f:
-            return f.readline().rstrip("\n") == MARKER
+            # The first line, or the second after a zsh completion's `#compdef`.
+            head = [f.readline().rstrip("\n") for _ in range(2)]
     except OSError:
         return False
+    return head[0] in (MARKER, _ROFF_MARKER) or (
+        head[0].startswith("#compdef ") and head[1] == MARKER
+    )
 
 
 def install(
@@ -200,7 +261,8 @@ def install(
     libexecdir: Path | None = None,
     python: str = sys.executable,
 ) -> Result:
-    """Write every unit, the activation file, the desktop entry and the notifyrc, and with
+    """Write every unit, the activation file, the desktop entry, the notifyrc, the man pages
+    and the shell completions, and with
     ``kcrash_dump_only`` the environment.d drop-in; idempotent. ``libexecdir`` is where the
     units find the launcher and notifier (default ``bindir``); a ``--system`` layout also gets
     them there, as scripts run by ``python``.
@@ -215,6 +277,11 @@ def install(
         (dest, render((source / tmpl).read_text(), bindir, libexecdir, marker=targets.marker))
         for tmpl, dest in targets.files()
     ]
+    generated = targets.generated()
+    texts = manual.generated() if generated else {}
+    for name, dest in generated:
+        text = texts[name]
+        plan.append((dest, mark_generated(name, text) if targets.marker else text))
     if kcrash_dump_only:
         plan.append((targets.kcrash_dropin, render_kcrash_dropin()))
     scripts = set()
@@ -249,7 +316,8 @@ def install(
 def uninstall(targets: Targets, *, force: bool = False) -> Result:
     """Remove what ``install`` wrote (the drop-in too); files without the marker stay."""
     result = Result()
-    for dest in [d for _, d in targets.files()] + [targets.kcrash_dropin]:
+    dests = [d for _, d in targets.files()] + [d for _, d in targets.generated()]
+    for dest in [*dests, targets.kcrash_dropin]:
         if dest.is_symlink() or (dest.exists() and (force or _ours(dest))):
             if dest.is_symlink() and not force:
                 continue
