@@ -214,7 +214,9 @@ async def test_install_writes_man_pages_and_completions_made_from_the_parser(
     # zsh itself loads the function and knows what it completes.
     probe = subprocess.run(
         ["zsh", "-f", "-c", f"fpath=({zsh.parent} $fpath); autoload -Uz compinit; "
-         "compinit -u -d /dev/null; print -r -- $_comps[crashbroker]"],
+         # -D: no dump file (compinit writes one by renaming over its name: as root, "-d
+         # /dev/null" replaced the machine's /dev/null with a regular file).
+         "compinit -u -D; print -r -- $_comps[crashbroker]"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert probe.stdout.strip() == "_crashbroker", probe.stderr
