@@ -224,23 +224,40 @@ class Watcher:
     """``crashbroker watch`` as the user: the signals a subscriber in the session receives."""
 
     def __init__(self, session: Session) -> None:
+        # The pipes are read with os.read on their fds, never through the file objects:
+        # select() on a buffered reader misses the lines its buffer already holds, and a burst
+        # of signals (a claim undone and taken again) then looked like 30 s of silence.
         self.proc = session.spawn(
             "crashbroker", "watch", stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         self.events: list[dict[str, Any]] = []
+        self._pending: dict[int, bytes] = {}
         assert self.proc.stderr is not None
         # Printed once its match rule is in place: from then on no signal is missed.
         line = self._readline(self.proc.stderr, 30)
         assert "watching" in line, line
 
     def _readline(self, stream: Any, timeout: float) -> str:
-        ready, _, _ = select.select([stream], [], [], timeout)
-        if not ready:
-            raise AssertionError(
-                f"crashbroker watch printed nothing in {timeout:g} s (exit status "
-                f"{self.proc.poll()})"
-            )
-        return str(stream.readline())
+        """The next line of ``stream`` ("" at its end), waiting at most ``timeout`` s."""
+        fd = stream.fileno()
+        buf = self._pending.get(fd, b"")
+        deadline = time.monotonic() + timeout
+        while b"\n" not in buf:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                self._pending[fd] = buf
+                raise AssertionError(
+                    f"crashbroker watch printed nothing in {timeout:g} s (exit status "
+                    f"{self.proc.poll()})"
+                )
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self._pending[fd] = b""
+                return buf.decode()
+            buf += chunk
+        line, _, rest = buf.partition(b"\n")
+        self._pending[fd] = rest
+        return line.decode() + "\n"
 
     def wait(
         self, what: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 30
