@@ -548,6 +548,8 @@ async def crash_kronometer(env: dict[str, str], sig: int = signal.SIGSEGV) -> in
         await wait_mapped(proc.pid, "icon-cache.kcache")
         proc.send_signal(sig)
         await proc.wait()
+        # KCrash re-raises the signal for the core dump: any other end means no crash to find.
+        assert proc.returncode == -sig, f"kronometer {proc.pid} ended with {proc.returncode}"
     finally:
         if proc.returncode is None:
             proc.kill()
