@@ -35,7 +35,7 @@ from crashbroker.adapters.dbus_record import unwrap
 from crashbroker.domain.crash import signature
 from crashbroker.domain.model import CoredumpEntry, Crash, CrashKey, CrashState, KCrashLib
 from desktop_session import desktop, installed, watcher  # noqa: F401  (fixtures)
-from real_process import crash_sleep, wait_exec  # noqa: F401  (the tests import them here)
+from real_process import crash_sleep, idle_in_event_loop, wait_exec  # noqa: F401  (the tests import them here)
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -546,6 +546,9 @@ async def crash_kronometer(env: dict[str, str], sig: int = signal.SIGSEGV) -> in
         await wait_exec(proc.pid, "/usr/bin/kronometer")
         await wait_handler(proc.pid, sig)
         await wait_mapped(proc.pid, "icon-cache.kcache")
+        async with asyncio.timeout(10):
+            while not idle_in_event_loop(proc.pid):  # noqa: ASYNC110 (no event for it)
+                await asyncio.sleep(0.01)
         proc.send_signal(sig)
         await proc.wait()
         # KCrash re-raises the signal for the core dump: any other end means no crash to find.
