@@ -18,13 +18,14 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Protocol, TypeVar
 
+from crashbroker.adapters.core_file import core_facts
 from crashbroker.adapters.journal import JournalBatch
 from crashbroker.domain.backtrace import refined_signature
 from crashbroker.domain.claims import Claim, ClaimBook, undo
 from crashbroker.domain.correlator import Correlator, Effect, LookupMetadata, PublishCrash
 from crashbroker.domain.crash import build_crash, grouping
 from crashbroker.domain.cursor import CursorTracker
-from crashbroker.domain.entry import CoreFile, TrustPolicy, Verdict, classify, core_to_check
+from crashbroker.domain.entry import CoreFile, TrustPolicy, Verdict, classify
 from crashbroker.domain.errors import (
     BacktraceFailed,
     NoSuchCrash,
@@ -280,8 +281,7 @@ class Broker:
 
     def _take(self, fields_: Mapping[str, str], now: int) -> list[Effect]:
         """Filter and correlate one entry; the effects it brings."""
-        core_path = core_to_check(fields_, self._policy)
-        core = self._inspect_core(core_path) if core_path else None
+        core = core_facts(fields_, self._policy, self._inspect_core)
         verdict, entry = classify(fields_, self._policy, core)
         cursor = fields_.get("__CURSOR", "")
         if entry is None:

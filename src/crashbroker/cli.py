@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from dbus_fast import Variant
 
@@ -32,6 +32,9 @@ from crashbroker.domain.cursor import CatchUp
 from crashbroker.domain.matches import MatchError, parse_matches
 from crashbroker.domain.text import escape_for_terminal
 from crashbroker.domain.timespec import TimeSpecError, parse_timestamp
+
+if TYPE_CHECKING:  # imported only when install runs (start-up of every command)
+    from crashbroker.ops.install import Result
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -511,10 +514,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     except ops.InstallError as exc:
         print(f"crashbroker install: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    for path in result.written:
-        print(f"wrote {path}")
-    for path in result.unchanged:
-        print(f"unchanged {path}")
+    _print_installed(result)
     print(
         "next: systemctl --user daemon-reload && systemctl --user enable --now "
         "crashbroker crashbroker-notifier crashbroker-launcher crashbroker-cleanup.timer"
@@ -524,6 +524,14 @@ def cmd_install(args: argparse.Namespace) -> int:
         print(f"zsh: add fpath=({targets.zsh_functions} $fpath) to ~/.zshrc before compinit")
     _kcrash_advice(targets.kcrash_dropin, dropin_written=args.kcrash_dump_only)
     return EXIT_OK
+
+
+def _print_installed(result: Result) -> None:
+    """What ``install`` wrote and left as it was, a line per file."""
+    for path in result.written:
+        print(f"wrote {path}")
+    for path in result.unchanged:
+        print(f"unchanged {path}")
 
 
 def _install_system(args: argparse.Namespace) -> int:
@@ -545,10 +553,7 @@ def _install_system(args: argparse.Namespace) -> int:
     except ops.InstallError as exc:
         print(f"crashbroker install: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    for path in result.written:
-        print(f"wrote {path}")
-    for path in result.unchanged:
-        print(f"unchanged {path}")
+    _print_installed(result)
     return EXIT_OK
 
 

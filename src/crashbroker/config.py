@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crashbroker.domain.cursor import CatchUp
-from crashbroker.domain.entry import CORE_DIR
+from crashbroker.domain.entry import CORE_DIR, TrustPolicy
 
 COREDUMP_USER = "systemd-coredump"
 
@@ -39,6 +39,16 @@ def local_machine_id() -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     return text if len(text) == 32 else None
+
+
+def trust_policy(*, all_users: bool = False) -> TrustPolicy:
+    """The trust rule on this machine: systemd-coredump's uids, our own crashes (every user's
+    with ``all_users``), this machine's id. The daemon and the launcher judge alike."""
+    return TrustPolicy(
+        writer_uids=coredump_writer_uids(),
+        own_uid=None if all_users else os.getuid(),
+        machine_id=local_machine_id(),
+    )
 
 
 @dataclass(frozen=True, slots=True)

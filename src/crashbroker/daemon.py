@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from contextlib import AsyncExitStack
@@ -36,10 +35,9 @@ from crashbroker.adapters.memory import keep_large_buffers_out_of_the_heap
 from crashbroker.adapters.metadata_dir import MetadataDir
 from crashbroker.adapters.store import CrashStore
 from crashbroker.broker import Broker
-from crashbroker.config import Config, coredump_writer_uids, local_machine_id
+from crashbroker.config import Config, trust_policy
 from crashbroker.domain.correlator import Correlator
 from crashbroker.domain.cursor import CatchUp
-from crashbroker.domain.entry import TrustPolicy
 from crashbroker.domain.errors import CrashBrokerError
 from crashbroker.domain.loops import LoopPolicy
 
@@ -120,11 +118,7 @@ async def run(config: Config) -> int:
         )
         source.open()
         stack.callback(source.close)
-        policy = TrustPolicy(
-            writer_uids=coredump_writer_uids(),
-            own_uid=None if config.all_users else os.getuid(),
-            machine_id=local_machine_id(),
-        )
+        policy = trust_policy(all_users=config.all_users)
         metadata = MetadataDir(config.cache_home)
         broker = Broker(
             store=store,

@@ -36,13 +36,13 @@ from dbus_fast import RequestNameReply
 from dbus_fast.aio import MessageBus
 from dbus_fast.constants import NameFlag
 
-from crashbroker.adapters.core_file import inspect_core
+from crashbroker.adapters.core_file import core_facts
 from crashbroker.adapters.dbus_names import LAUNCHER_BUS_NAME, LAUNCHER_OBJECT_PATH
-from crashbroker.adapters.journal import field_text
+from crashbroker.adapters.journal import entry_fields
 from crashbroker.adapters.launcher_service import LauncherInterface
 from crashbroker.adapters.metadata_dir import is_private, read_capped, read_file
 from crashbroker.client import BrokerClient, ClientError, CrashEvent, connect_bus
-from crashbroker.config import coredump_writer_uids, local_machine_id, xdg_dir
+from crashbroker.config import trust_policy, xdg_dir
 from crashbroker.domain import drkonqi
 from crashbroker.domain.drkonqi import (
     Flavor,
@@ -53,7 +53,7 @@ from crashbroker.domain.drkonqi import (
     Start,
     StartVia,
 )
-from crashbroker.domain.entry import REPEATED, TrustPolicy, core_to_check
+from crashbroker.domain.entry import REPEATED, TrustPolicy
 from crashbroker.domain.errors import CrashBrokerError, MetadataError, MetadataReason
 from crashbroker.domain.metadata import parse_ini
 from crashbroker.domain.model import MetadataSource
@@ -86,28 +86,6 @@ class EntryRefused(CrashBrokerError):
     """The journal entry at a crash's cursor is not that crash's trusted entry."""
 
 
-def trust_policy() -> TrustPolicy:
-    """The daemon's trust rule (daemon.py), for our own user's crashes."""
-    return TrustPolicy(
-        writer_uids=coredump_writer_uids(), own_uid=os.getuid(), machine_id=local_machine_id()
-    )
-
-
-def _entry_fields(entry: Mapping[str, Any]) -> dict[str, str]:
-    """A ``Reader.get_next()`` entry as the daemon's journal source gives it (fields as text,
-    repeated fields named in ``__REPEATED``, the core only as present)."""
-    fields = {k: field_text(v) for k, v in entry.items() if not k.startswith("__")}
-    repeated = [k for k, v in entry.items() if isinstance(v, list)]
-    if repeated:
-        fields[REPEATED] = ",".join(repeated)
-    if "COREDUMP" in fields:
-        fields["COREDUMP"] = ""
-    for key in ("__CURSOR", "__REALTIME_TIMESTAMP"):
-        if key in entry:
-            fields[key] = field_text(entry[key])
-    return fields
-
-
 def journal_fields(
     crash: Mapping[str, Any], journal_dir: Path | None, policy: TrustPolicy
 ) -> dict[str, str]:
@@ -129,28 +107,18 @@ def journal_fields(
         reader = journal.Reader(path=str(journal_dir)) if journal_dir else journal.Reader()
     except OSError as exc:
         raise EntryRefused(f"cannot open the journal: {exc}") from exc
-    # The journal's own text, as the daemon reads it: systemd-python's default converters make
-    # COREDUMP_TIMESTAMP a datetime, whose float seconds need not give back the same µs.
-    reader.converters = {
-        "__REALTIME_TIMESTAMP": str,
-        "__MONOTONIC_TIMESTAMP": str,
-        "__CURSOR": str,
-        "COREDUMP": bytes,
-    }
     try:
         reader.seek_cursor(cursor)
-        entry = reader.get_next()
-        if not entry or not reader.test_cursor(cursor):
+        if not reader._next(1) or not reader.test_cursor(cursor):
             raise EntryRefused(f"the journal has no entry at {cursor}")
+        # The journal's own text, as the daemon's source reads it (systemd-python's converters
+        # make COREDUMP_TIMESTAMP a datetime, whose float seconds need not give back the µs).
+        fields, _ = entry_fields(reader, None)
     except (OSError, ValueError) as exc:  # a cursor the journal cannot parse
         raise EntryRefused(f"cannot read the journal at {cursor}: {exc}") from exc
     finally:
         reader.close()
-    fields = _entry_fields(entry)
-    core_path = core_to_check(fields, policy)
-    problem = drkonqi.entry_problem(
-        fields, policy, inspect_core(core_path) if core_path else None, crash
-    )
+    problem = drkonqi.entry_problem(fields, policy, core_facts(fields, policy), crash)
     if problem is not None:
         raise EntryRefused(f"journal entry at {cursor}: {problem}")
     return {

@@ -21,7 +21,7 @@ from systemd import journal
 from conftest import COREDUMP_MESSAGE_ID, Daemon, RemoteJournal, missing_rig
 from crashbroker.adapters.backtrace import GdbBacktracer
 from crashbroker.adapters.core_file import open_core
-from crashbroker.adapters.journal_core import _fields as entry_fields
+from crashbroker.adapters.journal import entry_fields
 from crashbroker.config import coredump_writer_uids, local_machine_id
 from crashbroker.domain.entry import TrustPolicy, Verdict, classify
 from crashbroker.domain.errors import NoCore
@@ -75,7 +75,7 @@ def stored_entry(rj: RemoteJournal, pid: int, pol: TrustPolicy) -> CoredumpEntry
     try:
         reader.add_match(MESSAGE_ID=COREDUMP_MESSAGE_ID, COREDUMP_PID=str(pid))
         while reader._next(1):
-            verdict, entry = classify(entry_fields(reader), pol)
+            verdict, entry = classify(entry_fields(reader, None)[0], pol)
             if verdict is Verdict.ACCEPT and entry is not None:
                 return entry
     finally:

@@ -12,7 +12,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from crashbroker.domain.entry import CoreFile
+from crashbroker.domain.entry import CoreFile, JournalFields, TrustPolicy, core_to_check
 
 # systemd-coredump's attributes (coredump.c, fix_xattr); root-owned files keep them out of
 # reach of the crashed user.
@@ -81,3 +81,14 @@ def open_core(path: str) -> tuple[int, CoreFile] | None:
         with contextlib.suppress(OSError):
             os.close(fd)
         raise
+
+
+def core_facts(
+    fields: JournalFields,
+    policy: TrustPolicy,
+    inspect: Callable[[str], CoreFile | None] = inspect_core,
+) -> CoreFile | None:
+    """What ``classify`` needs to know about the core an entry names: the facts of the file
+    :func:`~crashbroker.domain.entry.core_to_check` asks for, or None when it asks for none."""
+    path = core_to_check(fields, policy)
+    return inspect(path) if path else None

@@ -103,20 +103,27 @@ def kcrash_excerpt(value: bytes) -> bytes:
 
 
 def _next_fields(reader: Any) -> tuple[dict[str, str], int] | None:
-    """The next entry's fields as text, and the bytes read for it; None at the end.
+    """The next entry's fields as text (:func:`entry_fields` with :data:`USED_FIELDS`), and
+    the bytes read for it; None at the end."""
+    if not reader._next(1):
+        return None
+    return entry_fields(reader, USED_FIELDS)
 
-    Only :data:`USED_FIELDS` are kept (and :data:`SCANNED_FIELDS` cut to what can name a
+
+def entry_fields(reader: Any, keep: frozenset[str] | None) -> tuple[dict[str, str], int]:
+    """The fields of the entry ``reader`` is on, as text, and the bytes read for it.
+
+    With ``keep``, only those fields are kept (and :data:`SCANNED_FIELDS` cut to what can name a
     KCrash library). ``Reader.get_next()`` runs a Python converter for every field of every
     entry, which was a third of a catch-up's time; the C method beneath it (systemd-python's
     ``_Reader._get_all``, stable since v220) hands out bytes, and only the kept ones are decoded.
     ``_get_all`` still copies every field whole: the reader's ``data_threshold`` (64 KiB by
     default) cut nothing here (libsystemd 252, zstd-compressed journal-remote fields: measured),
     and asking for the used fields one by one (``_get``) walks the entry's fields each time: ten
-    times slower (docs/performance.md). A core stored in the journal (``COREDUMP``) is binary
-    and never shown: only its presence is kept.
+    times slower (docs/performance.md). ``keep=None`` keeps every field whole (an entry read
+    again by its cursor). A core stored in the journal (``COREDUMP``) is binary and never
+    shown: only its presence is kept.
     """
-    if not reader._next(1):
-        return None
     raw = reader._get_all()
     size = 0
     fields: dict[str, str] = {}
@@ -130,10 +137,13 @@ def _next_fields(reader: Any) -> tuple[dict[str, str], int] | None:
             value = value[0] if value else b""
         elif type(value) is bytes:
             size += len(value)
-        if key not in USED_FIELDS:
+        if keep is None:
+            if key == "COREDUMP":
+                continue  # the core: never decoded, only its presence is kept (below)
+        elif key not in keep:
             continue
         if type(value) is bytes:
-            if len(value) > SCANNED_KEEP and key in SCANNED_FIELDS:
+            if keep is not None and len(value) > SCANNED_KEEP and key in SCANNED_FIELDS:
                 value = kcrash_excerpt(value)
             fields[key] = value.decode("utf-8", errors="replace")
         else:

@@ -20,13 +20,13 @@ from typing import Any
 
 from systemd import journal
 
+from crashbroker.adapters.core_file import core_facts
+from crashbroker.adapters.journal import entry_fields
 from crashbroker.domain.entry import (
-    REPEATED,
     CoreFile,
     TrustPolicy,
     Verdict,
     classify,
-    core_to_check,
 )
 from crashbroker.domain.errors import NoCore
 from crashbroker.domain.model import COREDUMP_MESSAGE_ID, CoredumpEntry, CrashKey
@@ -57,31 +57,6 @@ class EntryAgain:
     entry: CoredumpEntry
     own_credentials: bool
     core_bytes: int
-
-
-def _text(value: Any) -> str:
-    if type(value) is list:
-        return _text(value[0]) if value else ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def _fields(reader: Any) -> dict[str, str]:
-    """The current entry's fields as text, as the journal source gives them to the trust rule."""
-    raw = reader._get_all()
-    core = raw.pop("COREDUMP", None)
-    repeated = [k for k, v in raw.items() if type(v) is list]
-    if type(core) is list:
-        repeated.append("COREDUMP")
-    fields = {k: _text(v) for k, v in raw.items()}
-    if repeated:
-        fields[REPEATED] = ",".join(repeated)
-    if core is not None:
-        fields["COREDUMP"] = ""
-    fields["__REALTIME_TIMESTAMP"] = str(reader._get_realtime())
-    fields["__CURSOR"] = reader._get_cursor()
-    return fields
 
 
 def _position(reader: Any, cursor: str, key: CrashKey) -> bool:
@@ -156,10 +131,8 @@ def reread_entry(
             reader.data_threshold = FIELD_THRESHOLD
             if not _position(reader, cursor, key):
                 raise NoCore("the crash's journal entry is gone (rotated or vacuumed)")
-            fields = _fields(reader)
-            core_path = core_to_check(fields, policy)
-            core = inspect_core(core_path) if core_path else None
-            verdict, entry = classify(fields, policy, core)
+            fields, _ = entry_fields(reader, None)
+            verdict, entry = classify(fields, policy, core_facts(fields, policy, inspect_core))
             if verdict is not Verdict.ACCEPT or entry is None or entry.key != key:
                 raise NoCore(
                     f"the crash's journal entry no longer passes the trust rule ({verdict.value})"
