@@ -12,13 +12,11 @@ import contextlib
 import dataclasses
 import gc
 import io
-import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -27,14 +25,16 @@ from dbus_fast import Variant
 from crashbroker import __version__
 from crashbroker.adapters.dbus_names import BUS_NAME
 from crashbroker.client import BACKTRACE_WAIT_S, BrokerClient, ClientError, connect_bus
-from crashbroker.docgen import complete
 from crashbroker.domain.cursor import CatchUp
 from crashbroker.domain.matches import MatchError, parse_matches
 from crashbroker.domain.text import escape_for_terminal
-from crashbroker.domain.timespec import TimeSpecError, parse_timestamp
 
 if TYPE_CHECKING:  # imported only when install runs (start-up of every command)
     from crashbroker.ops.install import Result
+
+# Every command starts by importing this module: what only some commands use (json: --json and
+# watch; timespec and datetime: -S/-U; the daemon, install, cleanup, doctor, the pager) is
+# imported where it is used. tests/test_cli_imports.py keeps them out.
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -150,6 +150,8 @@ async def client_main(args: argparse.Namespace) -> int:
 
 def _print_json(value: Any, out: TextIO | None = None, mode: str = "short") -> None:
     """``--json=short`` (one line) or ``--json=pretty`` (indented), as systemd's tools."""
+    import json
+
     # dumps, not dump: json.dump feeds the file from the pure-Python encoder, 3x slower.
     text = json.dumps(value, indent=2) if mode == "pretty" else json.dumps(value)
     (out or sys.stdout).write(text + "\n")
@@ -263,6 +265,8 @@ async def cmd_stats(client: BrokerClient, args: argparse.Namespace) -> int:
 
 async def cmd_watch(client: BrokerClient, args: argparse.Namespace) -> int:
     """Print one JSON line per signal until interrupted, the bus goes, or ``--count`` lines."""
+    import json
+
     await client.subscribe()
     if not args.quiet:
         if not await client.daemon_running():
@@ -342,10 +346,21 @@ class _Parser(argparse.ArgumentParser):
 
 def _timespec(text: str) -> int:
     """-S/-U: a time specification (domain/timespec.py) as µs since the epoch."""
+    from datetime import datetime
+
+    from crashbroker.domain.timespec import TimeSpecError, parse_timestamp
+
     try:
         return parse_timestamp(text, datetime.now().astimezone())
     except TimeSpecError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _complete(action: argparse.Action, kind: str) -> argparse.Action:
+    """Mark what ``action``'s value is (``"crash-id"``, ``"file"``, ``"dir"``) for the shell
+    completions (docgen.completes reads it; docgen itself is for install only)."""
+    action.complete = kind  # type: ignore[attr-defined]
+    return action
 
 
 def _paging_options(p: argparse.ArgumentParser) -> None:
@@ -427,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(handler=cmd_list)
 
     sh = sub.add_parser("show", help="show one crash")
-    complete(sh.add_argument("id", help="crash id (a unique prefix is enough)"), "crash-id")
+    _complete(sh.add_argument("id", help="crash id (a unique prefix is enough)"), "crash-id")
     _paging_options(sh)
     sh.set_defaults(handler=cmd_show)
 
@@ -437,12 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(handler=cmd_watch)
 
     dm = sub.add_parser("dismiss", help="dismiss crashes (removes their KCrash files)")
-    complete(dm.add_argument("ids", nargs="*", metavar="ID", help="crash ids"), "crash-id")
+    _complete(dm.add_argument("ids", nargs="*", metavar="ID", help="crash ids"), "crash-id")
     dm.add_argument("--all", action="store_true")
     dm.set_defaults(handler=cmd_dismiss)
 
     bt = sub.add_parser("backtrace", help="print a crash's backtrace (gdb, cached)")
-    complete(bt.add_argument("id", help="crash id (a unique prefix is enough)"), "crash-id")
+    _complete(bt.add_argument("id", help="crash id (a unique prefix is enough)"), "crash-id")
     _paging_options(bt)
     bt.add_argument(
         "--timeout",

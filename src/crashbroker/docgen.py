@@ -3,7 +3,8 @@ text out). ``crashbroker install`` writes them (docs/operations.md), so they alw
 options of the code that is installed.
 
 An action may carry ``complete`` (``"crash-id"``, ``"file"``, ``"dir"``) to say what its value
-is; a ``pathlib.Path`` type means a file (a ``DIR`` metavar a directory), choices complete as
+is (cli.py sets it, without importing this module: only ``install`` needs it); a
+``pathlib.Path`` type means a file (a ``DIR`` metavar a directory), choices complete as
 themselves.
 
 argparse keeps its actions and sub-parsers in attributes without a public accessor
@@ -75,12 +76,6 @@ def _metavar(action: argparse.Action) -> str:
     if action.choices is not None:
         return "|".join(str(c) for c in action.choices)
     return action.dest.upper() if action.option_strings else action.dest
-
-
-def complete(action: argparse.Action, kind: str) -> argparse.Action:
-    """Mark what ``action``'s value is (``"crash-id"``, ``"file"``, ``"dir"``) for completion."""
-    action.complete = kind  # type: ignore[attr-defined]
-    return action
 
 
 def completes(action: argparse.Action) -> str:

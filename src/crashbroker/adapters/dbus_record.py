@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbus_fast import Variant
 
-from crashbroker.domain.model import Crash
 from crashbroker.domain.text import TIMESTAMP_LIMIT, U32_MAX, dbus_string_ok
+
+if TYPE_CHECKING:  # the clients' unwrap() needs no domain model (the CLI's start-up)
+    from crashbroker.domain.model import Crash
 
 # key -> (D-Bus signature, getter); the order is the documented order of the record.
 _FIELDS: dict[str, tuple[str, Any]] = {

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from crashbroker.domain.model import CrashKey
+if TYPE_CHECKING:  # CLI start-up: its parser needs CatchUp, not the domain model
+    from crashbroker.domain.model import CrashKey
 
 
 class CatchUp(enum.StrEnum):
