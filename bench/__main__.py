@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -421,113 +422,128 @@ def catchup_data(total: int, crashes: int) -> Path:
     return directory
 
 
-async def catchup_and_queries(args: argparse.Namespace) -> None:
-    total, crashes = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
+# Crashes → journal entries: the 1,000,000-entry journal with 10,000 coredumps, scaled.
+SIZES = {1_000: 100_000, 10_000: 1_000_000, 100_000: 10_000_000}
+QUICK_SIZES = {100: 10_000, 1_000: 100_000}
+PAGE = 20  # a screenful: what `crashbroker list -n 20` and `coredumpctl -r list -n 20` show
+
+
+@dataclass
+class Scale:
+    """One size's figures (seconds, milliseconds, MiB as named)."""
+
+    crashes: int
+    entries: int
+    indexed: int
+    catchup_s: float  # the daemon's process start → CaughtUp, first start
+    catchup_own_s: float  # the daemon's own start → CaughtUp (GetStats catch_up_us)
+    peer_s: float  # coredumpctl list --json=short of the same files (min of 3)
+    read_s: float  # a plain systemd-python reader: _get_all of every coredump (the floor)
+    restart_ms: float  # the daemon's own start → CaughtUp after 10 new crashes
+    restart_process_ms: float
+    list_busctl_ms: float  # busctl --user call … ListCrashes a{sv} 0, printed
+    list_quiet_ms: float  # the same with --quiet: daemon, bus and busctl's parsing, no printing
+    list_cli_ms: float  # crashbroker list --json
+    page_cli_ms: float  # crashbroker list -n 20
+    page_busctl_ms: float  # busctl … ListCrashes a{sv} 1 limit u 20
+    page_peer_ms: float  # coredumpctl -r list -n 20 --json=short
+    reply_mib: float  # the ListCrashes reply's body (D-Bus wire bytes)
+    getcrash_p50_ms: float
+    getcrash_p99_ms: float
+    idle_rss_mib: float
+    idle_anon_mib: float
+    idle_file_mib: float
+    store_mib: float  # the SQLite database with its WAL, after the catch-up
+
+
+SCALES: dict[int, Scale] = {}
+
+
+def read_floor(directory: Path) -> float:
+    """Seconds for a plain systemd-python reader to read every field of every coredump entry
+    (``_get_all``, as the daemon does): the floor of a catch-up in Python."""
+    from systemd import journal
+
+    t0 = time.monotonic()
+    reader = journal.Reader(path=str(directory))
+    reader.add_match(MESSAGE_ID=COREDUMP_MESSAGE_ID)
+    while reader._next():
+        reader._get_all()
+    reader.close()
+    return time.monotonic() - t0
+
+
+def faster(peer: float, ours: float) -> str:
+    """``peer``'s time over ours, worded both ways (a ratio under 1 is slower)."""
+    return f"{peer / ours:.1f}× faster" if ours <= peer else f"{ours / peer:.1f}× slower"
+
+
+def min_timed(cmd: list[str], env: dict[str, str] | None = None, n: int = 3) -> float:
+    return min(run_timed(cmd, env)[0] for _ in range(n))
+
+
+def store_mib(state: Path) -> float:
+    return sum(f.stat().st_size for f in state.rglob("crashes.sqlite*")) / 2**20
+
+
+BUSCTL = ["busctl", "--user", "call", "org.kde.crashbroker1", "/org/kde/crashbroker1",
+          "org.kde.crashbroker1.Manager", "ListCrashes"]  # fmt: skip
+
+
+async def measure(total: int, crashes: int, idle: Callable[[Daemon], Coroutine[Any, Any, None]]
+                  ) -> Scale:  # fmt: skip
+    """First catch-up, queries, idle RSS, store size and a restart at one size."""
     directory = catchup_data(total, crashes)
-    peer_s, listing = run_timed(
-        ["coredumpctl", f"--directory={directory}", "list", "--json=short", "--no-pager"]
-    )
-    peer_count = len(json.loads(listing)) if listing.strip() else 0
+    print(f"  -- {crashes:,} crashes ({total:,} entries)", flush=True)
+    coredumpctl = ["coredumpctl", f"--directory={directory}", "--no-pager"]
+    peer_s = min_timed([*coredumpctl, "list", "--json=short"])
+    read_s = min(read_floor(directory) for _ in range(3))
     work = Work()
     bus = Bus(work.dir)
     daemon = Daemon(work.dir, bus, f"--journal-dir={directory}", "--grace-ms=0", "--loop-window=0")
     client = await Client.connect(bus.address)
     t0 = daemon.start()
     await client.wait_owner()
-    await client.wait_caught_up()
-    ours_s = time.monotonic() - t0
-    indexed = len(await client.call("ListCrashes", "a{sv}", [{}]))
-    row(
-        f"catch-up {total:,} entries / {crashes:,} coredumps: start → CaughtUp",
-        f"{ours_s:.2f} s ({indexed} crashes)",
-        f"coredumpctl list --json=short: {peer_s:.2f} s ({peer_count})",
-        f"{ours_s / peer_s:.2f}×",
-        "≤ 1.0×",
-        ours_s <= peer_s,
-    )
-
-    # Queries on the 10,000-crash index.
+    await client.wait_caught_up(timeout=1800)
+    catchup_s = time.monotonic() - t0
+    first = await client.call("GetStats")
+    reply = await client.call("ListCrashes", "a{sv}", [{}])
     env = dict(os.environ, DBUS_SESSION_BUS_ADDRESS=bus.address)
-    busctl = min(
-        run_timed(
-            [
-                "busctl",
-                "--user",
-                "call",
-                "org.kde.crashbroker1",
-                "/org/kde/crashbroker1",
-                "org.kde.crashbroker1.Manager",
-                "ListCrashes",
-                "a{sv}",
-                "0",
-            ],
-            env,
-        )[0]
-        for _ in range(3)
-    )
-    cli_exe = str(Path(sys.executable).parent / "crashbroker")
-    cli = min(run_timed([cli_exe, "list", "--json"], env)[0] for _ in range(3))
-    peer = min(
-        peer_s,
-        *(
-            run_timed(
-                ["coredumpctl", f"--directory={directory}", "list", "--json=short", "--no-pager"]
-            )[0]
-            for _ in range(2)
-        ),
-    )
-    row(
-        f"ListCrashes of {indexed} via busctl --user call",
-        f"{busctl * 1000:.0f} ms",
-        f"coredumpctl list --json=short: {peer * 1000:.0f} ms",
-        f"{peer / busctl:.1f}× faster",
-        "≥ 10×",
-        peer / busctl >= 10,
-    )
-    row(
-        f"ListCrashes of {indexed} via crashbroker list --json",
-        f"{cli * 1000:.0f} ms",
-        f"coredumpctl list --json=short: {peer * 1000:.0f} ms",
-        f"{peer / cli:.1f}× faster",
-        "≥ 10×",
-        peer / cli >= 10,
-    )
-    ids = [c["id"] for c in await client.call("ListCrashes", "a{sv}", [{}])]
+    cli = str(Path(sys.executable).parent / "crashbroker")
+    list_busctl = min_timed([*BUSCTL, "a{sv}", "0"], env)
+    list_quiet = min_timed([*BUSCTL[:1], "--quiet", *BUSCTL[1:], "a{sv}", "0"], env)
+    list_cli = min_timed([cli, "list", "--json"], env)
+    page_cli = min_timed([cli, "list", "-n", str(PAGE)], env, 5)
+    page_busctl = min_timed([*BUSCTL, "a{sv}", "1", "limit", "u", str(PAGE)], env, 5)
+    page_peer = min_timed([*coredumpctl, "-r", "list", "-n", str(PAGE), "--json=short"], None, 5)
+    ids = [c["id"] for c in reply]
     rng = random.Random(1)
     times = []
     for _ in range(1000):
         t = time.monotonic()
         await client.call("GetCrash", "s", [rng.choice(ids)])
         times.append((time.monotonic() - t) * 1000)
-    row(
-        "GetCrash round trip p50 / p99 (dbus-fast client)",
-        f"{percentile(times, 50):.2f} / {percentile(times, 99):.2f} ms",
-    )
+    # The reply's size on the wire: the received message marshalled again.
+    from dbus_fast import Message
 
-    # Idle after catch-up: no periodic timers, so nothing should wake it.
-    idle_s = 5 if args.quick else 60
-    a = daemon.status()
-    await asyncio.sleep(idle_s)
-    b = daemon.status()
-    cpu = (b["cpu_ticks"] - a["cpu_ticks"]) / os.sysconf("SC_CLK_TCK")
-    row(
-        f"idle {idle_s} s after catch-up: CPU / wake-ups",
-        f"{cpu:.2f} s / {b['switches'] - a['switches']}",
-        "",
-        "",
-        "no periodic timers",
+    raw = await client.bus.call(
+        Message(
+            destination="org.kde.crashbroker1",
+            path="/org/kde/crashbroker1",
+            interface="org.kde.crashbroker1.Manager",
+            member="ListCrashes",
+            signature="a{sv}",
+            body=[{}],
+        )
     )
-    rss = b["VmRSS"] / 1024
-    row(
-        f"idle RSS with {indexed} crashes indexed (heap + mapped files)",
-        f"{rss:.1f} MiB ({b['RssAnon'] / 1024:.1f} + {b['RssFile'] / 1024:.1f})",
-        "",
-        "",
-        "≤ 40 MiB",
-        rss <= 40,
-    )
+    assert raw is not None
+    reply_mib = len(raw._marshall(False)) / 2**20
+    del raw
+    await idle(daemon)
+    status = daemon.status()
+    state = work.dir / "state"
+    store = store_mib(state)
 
-    # Restart after 10 new crashes.
     daemon.stop()
     extra = Remote(directory, "extra")
     entries = Entries(pid=5_000_000)
@@ -541,28 +557,140 @@ async def catchup_and_queries(args: argparse.Namespace) -> None:
         stats = await client.call("GetStats")
     finally:
         (directory / "extra.journal").unlink(missing_ok=True)
-    own = stats["catch_up_us"] / 1e6
-    floor = min(
-        run_timed([sys.executable, "-c", "import crashbroker.cli, crashbroker.daemon"])[0]
-        for _ in range(3)
+        daemon.stop()
+        bus.close()
+        work.close()
+    result = Scale(
+        crashes=crashes,
+        entries=total,
+        indexed=len(reply),
+        catchup_s=catchup_s,
+        catchup_own_s=first["catch_up_us"] / 1e6,
+        peer_s=peer_s,
+        read_s=read_s,
+        restart_ms=stats["catch_up_us"] / 1000,
+        restart_process_ms=restart * 1000,
+        list_busctl_ms=list_busctl * 1000,
+        list_quiet_ms=list_quiet * 1000,
+        list_cli_ms=list_cli * 1000,
+        page_cli_ms=page_cli * 1000,
+        page_busctl_ms=page_busctl * 1000,
+        page_peer_ms=page_peer * 1000,
+        reply_mib=reply_mib,
+        getcrash_p50_ms=percentile(times, 50),
+        getcrash_p99_ms=percentile(times, 99),
+        idle_rss_mib=status["VmRSS"] / 1024,
+        idle_anon_mib=status["RssAnon"] / 1024,
+        idle_file_mib=status["RssFile"] / 1024,
+        store_mib=store,
+    )
+    SCALES[crashes] = result
+    print(f"     {result}", flush=True)
+    return result
+
+
+async def catchup_and_queries(args: argparse.Namespace) -> None:
+    """The 10,000-crash figures with their goals (1,000 with --quick)."""
+    total, crashes = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
+    idle_s = 5 if args.quick else 60
+    cpu: dict[str, float] = {}
+
+    async def idle(daemon: Daemon) -> None:
+        # Idle after catch-up: no periodic timers, so nothing should wake it.
+        a = daemon.status()
+        await asyncio.sleep(idle_s)
+        b = daemon.status()
+        cpu["s"] = (b["cpu_ticks"] - a["cpu_ticks"]) / os.sysconf("SC_CLK_TCK")
+        cpu["switches"] = b["switches"] - a["switches"]
+
+    m = await measure(total, crashes, idle)
+    row(
+        f"catch-up {total:,} entries / {crashes:,} coredumps: start → CaughtUp",
+        f"{m.catchup_s:.2f} s ({m.indexed} crashes)",
+        f"coredumpctl list --json=short: {m.peer_s:.2f} s",
+        f"{m.catchup_s / m.peer_s:.2f}×",
+        "≤ 1.0×",
+        m.catchup_s <= m.peer_s,
     )
     row(
-        f"restart after 10 new crashes ({stats['indexed']} stored): the daemon's start → CaughtUp",
-        f"{own * 1000:.0f} ms",
+        "catch-up: reading alone, systemd-python `_get_all` of every coredump (the floor)",
+        f"{m.read_s:.2f} s",
+        f"coredumpctl: {m.peer_s:.2f} s",
+        f"{m.read_s / m.peer_s:.2f}×",
+    )
+    peer_ms = m.peer_s * 1000
+    row(
+        f"ListCrashes of {m.indexed} via busctl --user call",
+        f"{m.list_busctl_ms:.0f} ms",
+        f"coredumpctl list --json=short: {peer_ms:.0f} ms",
+        faster(peer_ms, m.list_busctl_ms),
+        "≥ 10×",
+        peer_ms / m.list_busctl_ms >= 10,
+    )
+    row(
+        f"ListCrashes of {m.indexed} via busctl --quiet (no printing; {m.reply_mib:.1f} MiB reply)",
+        f"{m.list_quiet_ms:.0f} ms",
+        f"coredumpctl list --json=short: {peer_ms:.0f} ms",
+        faster(peer_ms, m.list_quiet_ms),
+    )
+    row(
+        f"ListCrashes of {m.indexed} via crashbroker list --json",
+        f"{m.list_cli_ms:.0f} ms",
+        f"coredumpctl list --json=short: {peer_ms:.0f} ms",
+        faster(peer_ms, m.list_cli_ms),
+        "≥ 10×",
+        peer_ms / m.list_cli_ms >= 10,
+    )
+    row(
+        f"the newest {PAGE}: crashbroker list -n {PAGE}",
+        f"{m.page_cli_ms:.0f} ms",
+        f"coredumpctl -r list -n {PAGE}: {m.page_peer_ms:.0f} ms",
+        faster(m.page_peer_ms, m.page_cli_ms),
+    )
+    row(
+        f"the newest {PAGE}: busctl … ListCrashes a{{sv}} 1 limit u {PAGE}",
+        f"{m.page_busctl_ms:.0f} ms",
+        f"coredumpctl -r list -n {PAGE}: {m.page_peer_ms:.0f} ms",
+        faster(m.page_peer_ms, m.page_busctl_ms),
+    )
+    row(
+        "GetCrash round trip p50 / p99 (dbus-fast client)",
+        f"{m.getcrash_p50_ms:.2f} / {m.getcrash_p99_ms:.2f} ms",
+    )
+    row(
+        f"idle {idle_s} s after catch-up: CPU / wake-ups",
+        f"{cpu['s']:.2f} s / {cpu['switches']:.0f}",
+        "",
+        "",
+        "no periodic timers",
+    )
+    row(
+        f"idle RSS with {m.indexed} crashes indexed (heap + mapped files)",
+        f"{m.idle_rss_mib:.1f} MiB ({m.idle_anon_mib:.1f} + {m.idle_file_mib:.1f})",
+        "",
+        "",
+        "≤ 40 MiB",
+        m.idle_rss_mib <= 40,
+    )
+    floor = min_timed([sys.executable, "-c", "import crashbroker.cli, crashbroker.daemon"])
+    row(
+        f"restart after 10 new crashes ({m.indexed + 10} stored): the daemon's start → CaughtUp",
+        f"{m.restart_ms:.0f} ms",
         "",
         "",
         "≤ 0.1 s",
-        own <= 0.1,
+        m.restart_ms <= 100,
     )
     row(
         "restart after 10 new crashes: process start → CaughtUp",
-        f"{restart * 1000:.0f} ms",
+        f"{m.restart_process_ms:.0f} ms",
         f"Python start + imports alone: {floor * 1000:.0f} ms",
     )
-    daemon.stop()
 
     # The floor: the same daemon, idle, with nothing to index (interpreter, libraries, buses).
     empty = Work()
+    bus = Bus(empty.dir)
+    client = await Client.connect(bus.address)
     bare = Daemon(empty.dir, bus, f"--journal-dir={empty.dir}")
     bare.start()
     await client.wait_owner()
@@ -570,16 +698,118 @@ async def catchup_and_queries(args: argparse.Namespace) -> None:
     await asyncio.sleep(2)
     floor_rss = bare.status()["VmRSS"] / 1024
     bare.stop()
-    empty.close()
-    row(
-        "idle RSS of the same daemon with nothing indexed (the floor)",
-        f"{floor_rss:.1f} MiB",
-        "",
-        "",
-        "",
-    )
     bus.close()
-    work.close()
+    empty.close()
+    row("idle RSS of the same daemon with nothing indexed (the floor)", f"{floor_rss:.1f} MiB")
+
+
+async def scale(args: argparse.Namespace) -> None:
+    """The costs at each size (the catchup figure's size is reused when it ran), as a table
+    with each figure's growth exponent and a plot: ``bench/results/scale.{md,json,png}``."""
+
+    async def settle(daemon: Daemon) -> None:
+        await asyncio.sleep(3)
+
+    sizes = QUICK_SIZES if args.quick else SIZES
+    for crashes, total in sizes.items():
+        if crashes not in SCALES:
+            await measure(total, crashes, settle)
+    write_scale([SCALES[c] for c in sizes], args.quick)
+
+
+# (figure, unit, attribute, the plot's panel): the scale table's rows and the plot's lines.
+SCALE_ROWS = [
+    ("first catch-up, process start → CaughtUp", "s", "catchup_s", 0),
+    ("  the daemon's own start → CaughtUp", "s", "catchup_own_s", 0),
+    ("  coredumpctl list --json=short (peer)", "s", "peer_s", 0),
+    ("  reading alone: systemd-python _get_all (floor)", "s", "read_s", 0),
+    ("restart after 10 new crashes (daemon's own)", "ms", "restart_ms", 0),
+    ("ListCrashes, all, busctl (printed)", "ms", "list_busctl_ms", 1),
+    ("ListCrashes, all, busctl --quiet", "ms", "list_quiet_ms", 1),
+    ("ListCrashes, all, crashbroker list --json", "ms", "list_cli_ms", 1),
+    (f"the newest {PAGE}: crashbroker list -n {PAGE}", "ms", "page_cli_ms", 1),
+    (f"the newest {PAGE}: busctl limit {PAGE}", "ms", "page_busctl_ms", 1),
+    (f"  coredumpctl -r list -n {PAGE} (peer)", "ms", "page_peer_ms", 1),
+    ("GetCrash p50", "ms", "getcrash_p50_ms", 1),
+    ("GetCrash p99", "ms", "getcrash_p99_ms", 1),
+    ("ListCrashes reply size", "MiB", "reply_mib", 2),
+    ("idle RSS", "MiB", "idle_rss_mib", 2),
+    ("store size (SQLite + WAL)", "MiB", "store_mib", 2),
+]
+
+
+def exponent(small: float, large: float, ratio: float) -> float:
+    """Growth exponent between two sizes: 1 is linear, above 1 grows faster than the work."""
+    import math
+
+    if small <= 0 or large <= 0:
+        return float("nan")
+    return math.log(large / small) / math.log(ratio)
+
+
+def write_scale(scales: list[Scale], quick: bool) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cols = " | ".join(f"{s.crashes:,} crashes" for s in scales)
+    steps = " | ".join(f"exp. {a.crashes:,}→{b.crashes:,}" for a, b in itertools.pairwise(scales))
+    lines = [
+        f"| figure | {cols} | {steps} |",
+        "|---" * (1 + len(scales) + len(scales) - 1) + "|",
+    ]
+    for label, unit, attr, _ in SCALE_ROWS:
+        values = [getattr(s, attr) for s in scales]
+        fmt = "{:.2f}" if unit in ("s", "MiB") or max(values) < 10 else "{:.0f}"
+        cells = " | ".join(f"{fmt.format(v)} {unit}" for v in values)
+        exps = " | ".join(
+            f"{exponent(getattr(a, attr), getattr(b, attr), b.crashes / a.crashes):.2f}"
+            for a, b in itertools.pairwise(scales)
+        )
+        lines.append(f"| {label} | {cells} | {exps} |")
+    journal = ", ".join(f"{s.entries:,}" for s in scales)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = (
+        f"Run {stamp}{' (--quick)' if quick else ''} on {machine()}; journals of {journal} "
+        "entries. exp. = growth exponent between two sizes (log of the ratio of the figures "
+        "over log of the ratio of the sizes): 1 grows as the work does, above 1 faster, 0 not "
+        "at all.\n\n" + "\n".join(lines) + "\n"
+    )
+    (RESULTS / "scale.md").write_text(text)
+    (RESULTS / "scale.json").write_text(json.dumps([asdict(s) for s in scales], indent=1))
+    print()
+    print(text)
+    plot_scale(scales, RESULTS / "scale.png")
+
+
+def plot_scale(scales: list[Scale], out: Path) -> None:
+    """Log-log plots of the scale figures (the peers dashed), each with a line of slope 1
+    (growth in step with the work) to read the others by."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [s.crashes for s in scales]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 7.5))
+    titles = ["catch-up and restart", "queries", "memory and disk"]
+    for panel, ax in enumerate(axes):
+        for label, unit, attr, where in SCALE_ROWS:
+            if where == panel:
+                ys = [getattr(s, attr) * (1000 if unit == "s" else 1) for s in scales]
+                style = "--" if "peer" in label or "floor" in label else "-"
+                ax.plot(xs, ys, style, marker="o", label=label.strip())
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("crashes (the journal: 100 entries per crash)")
+        ax.set_ylabel("MiB" if panel == 2 else "ms")
+        ax.set_title(titles[panel])
+        ax.grid(True, which="both", alpha=0.3)
+        low = ax.get_ylim()[0]
+        ax.plot(xs, [low * 1.5 * x / xs[0] for x in xs], ":", color="grey", label="linear")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
+    fig.suptitle("crashbroker: costs as the crash count grows (log-log; dashed: peer or floor)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    print(f"  plot: {out}")
 
 
 def backtrace_by_hand(work: Path, pid: int) -> float:
@@ -655,6 +885,7 @@ FIGURES: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = 
     "storm": storm,
     "memory": memory,
     "catchup": catchup_and_queries,
+    "scale": scale,
     "backtrace": backtrace,
 }
 

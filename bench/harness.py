@@ -27,11 +27,16 @@ from crashbroker.client import BrokerClient, ClientError, connect_bus  # noqa: E
 from real_process import crash_sleep, wait_asleep, wait_exec  # noqa: E402,F401  (as the tests do)
 
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
+# The memory limits are the session bus's (/usr/share/dbus-1/session.conf): dbus-daemon's own
+# defaults (a 32 MB message) would refuse a ListCrashes reply that a user's session bus carries.
 BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
 <busconfig><type>session</type><listen>unix:dir={dir}</listen><auth>EXTERNAL</auth>
 <policy context="default"><allow send_destination="*" eavesdrop="true"/><allow eavesdrop="true"/>
-<allow own="*"/><allow user="*"/></policy></busconfig>
+<allow own="*"/><allow user="*"/></policy>
+<limit name="max_incoming_bytes">1000000000</limit>
+<limit name="max_outgoing_bytes">1000000000</limit>
+<limit name="max_message_size">1000000000</limit></busconfig>
 """
 
 
