@@ -610,7 +610,7 @@ async def test_journal_access_is_judged_by_what_an_ordinary_user_can_open(tmp_pa
     nobody = pwd.getpwnam("nobody").pw_uid
     root = Path(tempfile.mkdtemp(prefix="crashbroker-journal-"))  # pytest's tmp is root-only
 
-    def probe(layout: dict[str, int | None]) -> Facts:
+    def probe(layout: dict[str, int | None], closed: tuple[str, ...] = ()) -> Facts:
         shutil.rmtree(root / "var", ignore_errors=True)
         shutil.rmtree(root / "run", ignore_errors=True)
         for rel, owner in layout.items():
@@ -622,7 +622,7 @@ async def test_journal_access_is_judged_by_what_an_ordinary_user_can_open(tmp_pa
                 os.chown(path, owner, 0)
         for d in (root, *root.rglob("*")):
             if d.is_dir():
-                d.chmod(0o755)
+                d.chmod(0o750 if d.relative_to(root).as_posix() in closed else 0o755)
         done = subprocess.run(
             [*prefix, "-c", JOURNAL_PROBE, str(root)], capture_output=True, text=True, check=True
         )
@@ -644,6 +644,16 @@ async def test_journal_access_is_judged_by_what_an_ordinary_user_can_open(tmp_pa
         unreadable = probe({"var/m/system.journal": None, f"var/m/user-{nobody}.journal": None})
         [check] = [c for c in checks(unreadable) if c.name == "journal"]
         assert (check.status, unreadable.user_journal_readable) == (Status.FAIL, False)
+
+        # A root-only runtime directory (journald's after a relinquish): Python 3.11's
+        # exists() raised PermissionError there and doctor died with a traceback.
+        hidden = probe(
+            {"var/m/system.journal": None, f"var/m/user-{nobody}.journal": nobody,
+             "run/m/system.journal": None},
+            closed=("run/m",),
+        )  # fmt: skip
+        assert hidden.volatile_journal == str(root / "run" / "m"), hidden
+        assert (hidden.user_journal_readable, hidden.journal_readable) == (True, False), hidden
 
         volatile = probe({"run/m/system.journal": None})
         [check] = [c for c in checks(volatile) if c.name == "journal"]

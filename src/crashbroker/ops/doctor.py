@@ -76,6 +76,17 @@ class JournalFacts:
     user_journal_readable: bool
 
 
+def _present(path: Path) -> bool:
+    """Whether ``path`` exists, as far as this user can tell. journald may make its directory
+    root-only (0750 root:root, seen for /run/log/journal/<machine-id> after a relinquish):
+    Python 3.11's ``exists()`` raises PermissionError there. A directory we may not search
+    holds the journal for all we know: say yes, and the open check says it cannot be read."""
+    try:
+        return path.exists()
+    except PermissionError:
+        return True
+
+
 def journal_facts(
     uid: int,
     machine_id: str | None,
@@ -86,19 +97,19 @@ def journal_facts(
     pattern = machine_id or "*"
     persistent = volatile = None
     for d in sorted(persistent_root.glob(pattern)):
-        if (d / "system.journal").exists() or (d / f"user-{uid}.journal").exists():
+        if _present(d / "system.journal") or _present(d / f"user-{uid}.journal"):
             persistent = d
             break
     for d in sorted(volatile_root.glob(pattern)):
-        if (d / "system.journal").exists():
+        if _present(d / "system.journal"):
             volatile = d
             break
     systems = [d / "system.journal" for d in (persistent, volatile) if d is not None]
     user = persistent / f"user-{uid}.journal" if persistent else None
-    if user is not None and not user.exists():
+    if user is not None and not _present(user):
         user = None
     return JournalFacts(
-        journal_readable=any(_can_open(p) for p in systems if p.exists()),
+        journal_readable=any(_can_open(p) for p in systems if _present(p)),
         persistent_journal=str(persistent) if persistent else None,
         volatile_journal=str(volatile) if volatile else None,
         user_journal=str(user) if user else None,
