@@ -600,7 +600,7 @@ def variant_filter(**kw: Any) -> dict[str, Variant]:
     sigs = {bool: "b", str: "s", int: "t"}
     out = {}
     for k, v in kw.items():
-        sig = "u" if k == "limit" else sigs[type(v)]
+        sig = "u" if k in ("limit", "offset") else sigs[type(v)]
         out[k] = Variant(sig, v)
     return out
 

@@ -695,18 +695,24 @@ class Broker:
     def _with_memory(
         self, flt: CrashFilter, read: Callable[[CrashFilter], Iterable[tuple[str, int, int, T]]]
     ) -> list[T | Crash]:
-        """The store's answer (``read``: id, timestamp, realtime, item), widened by as many rows
-        as memory holds crashes (one may no longer match), with memory's versions in place of
-        the store's; newest first, at most ``flt.limit``."""
-        wider = replace(flt, limit=flt.limit + len(self._mem)) if flt.limit else flt
-        merged: list[tuple[int, int, T | Crash]] = [
-            (ts, rt, item) for crash_id, ts, rt, item in read(wider) if crash_id not in self._mem
+        """The store's answer (``read``: id, timestamp, realtime, item) from its first row,
+        widened by as many rows as memory holds crashes (one may no longer match), with
+        memory's versions in place of the store's; newest first (as :func:`newest_first`),
+        the first ``flt.offset`` skipped, at most ``flt.limit``."""
+        limit = flt.limit + flt.offset + len(self._mem) if flt.limit else None
+        merged: list[tuple[int, int, str, T | Crash]] = [
+            (ts, rt, crash_id, item)
+            for crash_id, ts, rt, item in read(replace(flt, limit=limit, offset=0))
+            if crash_id not in self._mem
         ]
         merged += [
-            (c.entry.timestamp, c.entry.realtime, c) for c in self._mem.values() if flt.matches(c)
+            (c.entry.timestamp, c.entry.realtime, c.id, c)
+            for c in self._mem.values()
+            if flt.matches(c)
         ]
-        merged.sort(key=lambda m: (m[0], m[1]), reverse=True)
-        return [m[2] for m in merged[: flt.limit]]
+        merged.sort(key=lambda m: m[:3], reverse=True)
+        end = flt.offset + flt.limit if flt.limit else None
+        return [m[3] for m in merged[flt.offset : end]]
 
     def get_crash(self, crash_id: str) -> Crash:
         """Raises: NoSuchCrash; StoreError (the store cannot be read)."""

@@ -158,6 +158,8 @@ def _print_json(value: Any, out: TextIO | None = None, mode: str = "short") -> N
 
 
 async def cmd_list(client: BrokerClient, args: argparse.Namespace) -> int:
+    """The matching crashes, asked for in pages (:meth:`BrokerClient.list_all`): not a
+    snapshot, as crashes arriving or dismissed while it pages shift the pages."""
     try:
         matches = parse_matches(args.matches)
     except MatchError as exc:
@@ -175,15 +177,15 @@ async def cmd_list(client: BrokerClient, args: argparse.Namespace) -> int:
         value = given[key] or server.get(key)
         if value:
             flt[key] = Variant("s", value)
-    if args.limit and not by_client:
-        flt["limit"] = Variant("u", args.limit)
     if args.since is not None:
         flt["since"] = Variant("t", max(args.since, 0))
     if args.until is not None:
         flt["until"] = Variant("t", max(args.until, 0))
     if args.full or matches.full:
         flt["full"] = Variant("b", True)
-    crashes = await client.list_crashes(**flt)
+    # A match checked here needs every crash the daemon selects: the limit comes after it.
+    want = None if by_client else args.limit or None
+    crashes = await client.list_all(want, **flt)
     if matches.fields:
         crashes = [c for c in crashes if matches.accepts(c)]
     if args.limit:

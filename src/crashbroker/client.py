@@ -34,6 +34,10 @@ _KINDS: dict[str, Literal["detected", "updated", "removed"]] = {
 }
 
 
+# Crashes asked for per ListCrashes call by list_all: about 13 MiB of list records (26 MiB of
+# full ones), well within one D-Bus message (an array of 64 MiB at most).
+LIST_PAGE = 20_000
+
 # How long `backtrace` waits for the daemon's gdb: runs are one at a time, each within the
 # daemon's --backtrace-timeout (default 120 s), so a queue ahead of ours can take a while.
 BACKTRACE_WAIT_S = 300.0
@@ -148,6 +152,38 @@ class BrokerClient:
         result: list[Record] = await self.call("ListCrashes", "a{sv}", [filters])
         return result
 
+    async def list_all(self, want: int | None = None, **filters: Variant) -> list[Record]:
+        """``ListCrashes`` of ``filters`` (no ``limit`` or ``offset``): the newest ``want``
+        matches (None: all), in pages of :data:`LIST_PAGE` (``limit`` and ``offset``) until
+        a short one, so that no reply outgrows a D-Bus message; ``want`` within a page is one
+        call. A page answered TooLarge (very large full records) is asked again half as long.
+
+        Not a snapshot: a crash arriving or dismissed between two pages shifts the ones after
+        it, so a crash can be missed or (given once here, by id) come twice.
+
+        Raises:
+            ClientError: a call failed (TooLarge even for a page of one crash).
+        """
+        found: dict[str, Record] = {}  # by id, in the daemon's order
+        page, offset = LIST_PAGE, 0
+        while want is None or len(found) < want:
+            size = page if want is None else min(page, want - len(found))
+            # An offset of 0 is left out: a daemon older than `offset` still answers one page.
+            at = {"offset": Variant("u", offset)} if offset else {}
+            try:
+                batch = await self.list_crashes(**filters, limit=Variant("u", size), **at)
+            except ClientError as exc:
+                if exc.short_name != "TooLarge" or size == 1:
+                    raise
+                page = size // 2
+                continue
+            for record in batch:
+                found.setdefault(str(record["id"]), record)
+            offset += len(batch)
+            if len(batch) < size:
+                break
+        return list(found.values())
+
     async def get_crash(self, crash_id: str) -> Record:
         result: Record = await self.call("GetCrash", "s", [crash_id])
         return result
@@ -205,7 +241,7 @@ class BrokerClient:
         Raises:
             ClientError: NoSuchCrash or InvalidArgs (ambiguous prefix).
         """
-        crashes = await self.list_crashes(include_dismissed=Variant("b", True))
+        crashes = await self.list_all(include_dismissed=Variant("b", True))
         ids = [str(c["id"]) for c in crashes]
         if crash_id in ids:
             return crash_id

@@ -166,7 +166,7 @@ class Notifier:
         if not self._started or self._summary_done:
             return
         self._summary_done = True
-        for crash in await self._client.list_crashes():
+        for crash in await self._client.list_all():
             if crash["past"] and crash["state"] == "new" and not crash["loop_head"]:
                 self._past[crash["id"]] = crash
         notice = n.past_summary(self._past.values())

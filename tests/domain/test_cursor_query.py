@@ -22,7 +22,13 @@ from crashbroker.domain.model import (
     KCrashMetadata,
     MetadataSource,
 )
-from crashbroker.domain.query import MAX_EXE_CHARS, MAX_LIMIT, CrashFilter, newest_first
+from crashbroker.domain.query import (
+    MAX_EXE_CHARS,
+    MAX_LIMIT,
+    MAX_OFFSET,
+    CrashFilter,
+    newest_first,
+)
 
 
 def key(pid: int) -> CrashKey:
@@ -259,6 +265,9 @@ def test_unknown_filter_key_is_refused() -> None:
         {"limit": True},
         {"limit": 10.0},
         {"limit": "10"},
+        {"offset": True},
+        {"offset": 1.0},
+        {"offset": "1"},
         {"exe": 5},
         {"exe": b"/usr/bin/kate"},
         {"state": 1},
@@ -290,6 +299,18 @@ def test_limit_bounds(limit: int, ok: bool) -> None:
     else:
         with pytest.raises(InvalidArgs, match="limit"):
             CrashFilter.parse({"limit": limit})
+
+
+@pytest.mark.parametrize(
+    ("offset", "ok"),
+    [(-1, False), (0, True), (1, True), (MAX_OFFSET, True), (MAX_OFFSET + 1, False)],
+)
+def test_offset_bounds(offset: int, ok: bool) -> None:
+    if ok:
+        assert CrashFilter.parse({"offset": offset}).offset == offset
+    else:
+        with pytest.raises(InvalidArgs, match="offset"):
+            CrashFilter.parse({"offset": offset})
 
 
 def test_exe_length_bound() -> None:
@@ -354,6 +375,11 @@ def pids(crashes: list[Crash]) -> list[int]:
         pytest.param({"limit": 2}, [4, 2], id="limit"),
         pytest.param({"limit": 1, "include_dismissed": True}, [5], id="limit-all"),
         pytest.param({"limit": MAX_LIMIT}, [4, 2, 1, 6], id="limit-larger-than-result"),
+        pytest.param({"offset": 1}, [2, 1, 6], id="offset"),
+        pytest.param({"offset": 1, "limit": 2}, [2, 1], id="page"),
+        pytest.param({"offset": 3, "limit": 2}, [6], id="last-page"),
+        pytest.param({"offset": 4, "limit": 2}, [], id="past-the-end"),
+        pytest.param({"offset": 2, "include_dismissed": True}, [2, 3, 1, 6], id="offset-all"),
         pytest.param({"since": T0 + 200}, [4, 2], id="since-inclusive"),
         pytest.param({"until": T0 + 300}, [2, 1, 6], id="until-inclusive"),
         pytest.param(
@@ -384,6 +410,17 @@ def test_newest_first_breaks_timestamp_ties_by_realtime() -> None:
         crash(4, T0 - 1, realtime=T0 + 100),
     ]
     assert pids(newest_first(crashes, CrashFilter())) == [2, 3, 1, 4]
+
+
+def test_newest_first_breaks_full_ties_by_id_so_pages_partition_the_list() -> None:
+    """Crashes at the same timestamp and journal time (a fleet's, or a burst's within a
+    microsecond) come by id, newest-first's total order: pages neither overlap nor skip."""
+    tied = [crash(pid, T0, realtime=T0) for pid in range(1, 8)]
+    by_id = sorted(tied, key=lambda c: c.id, reverse=True)
+    for given in (tied, list(reversed(tied))):  # one is not by id: a stable sort keeps it
+        assert newest_first(given, CrashFilter()) == by_id
+        pages = [newest_first(given, CrashFilter(limit=3, offset=o)) for o in (0, 3, 6)]
+        assert [c for page in pages for c in page] == by_id
 
 
 def test_newest_first_accepts_any_iterable_and_leaves_input_alone() -> None:

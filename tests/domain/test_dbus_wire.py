@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from crashbroker.adapters import dbus_wire
 from crashbroker.adapters.dbus_record import unwrap
+from crashbroker.domain.errors import TooLarge
 
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=12)
 values = st.one_of(
@@ -36,6 +37,25 @@ def test_the_fast_path_is_available():
 def test_records_body_is_dbus_fasts_aa_sv(recs: list[dict[str, Variant]]):
     body = dbus_wire.records_body(dbus_wire.record_chunk(r) for r in recs)
     assert body == bytes(Marshaller("aa{sv}", [recs]).marshall())
+
+
+@given(st.lists(records, max_size=5))
+def test_array_length_is_the_length_records_body_writes(recs: list[dict[str, Variant]]):
+    chunks = [dbus_wire.record_chunk(r) for r in recs]
+    body = dbus_wire.records_body(chunks)
+    assert dbus_wire.array_length(chunks) == int.from_bytes(body[:4], "little") == len(body) - 4
+
+
+def test_records_body_refuses_an_array_past_the_bound_before_building_it():
+    chunks = [dbus_wire.record_chunk({"id": Variant("s", f"c{i}")}) for i in range(3)]
+    length = dbus_wire.array_length(chunks)
+    assert dbus_wire.records_body(chunks, max_length=length)  # the bound itself is allowed
+    with pytest.raises(TooLarge) as info:
+        dbus_wire.records_body(iter(chunks), max_length=length - 1)
+    assert (info.value.count, info.value.size, info.value.maximum) == (3, length, length - 1)
+    assert info.value.name == "TooLarge"
+    assert "3 crashes" in info.value.detail and "'offset'" in info.value.detail
+    assert dbus_wire.MAX_ARRAY_LENGTH == 2**26  # the specification's
 
 
 @given(text, records)

@@ -65,10 +65,14 @@ async def test_full_disk_publishes_live_and_stores_when_space_returns(
     assert stats["store_errors"] > 0
     assert "could not store" in daemon.log_text()
     # Not stored, still listed and shown: the store's rows merged with what only memory has.
-    for flt in ({}, {"full": True}, {"limit": 5}):
+    # Pages too, across what only memory has (the newest 20) and the store (the 21st).
+    pages = ({"limit": 5, "offset": 3}, {"offset": 18}, {"full": True, "limit": 4, "offset": 17})
+    expected = [int(e["COREDUMP_PID"]) for e in reversed([first, *during])]
+    for flt in ({}, {"full": True}, {"limit": 5}, *pages):
         listed = await daemon.call("ListCrashes", "a{sv}", variant_filter(**flt))
-        expected = [int(e["COREDUMP_PID"]) for e in reversed([first, *during])]
-        assert [c["pid"] for c in listed] == expected[: flt.get("limit", 21)]
+        start = flt.get("offset", 0)
+        assert [c["pid"] for c in listed] == expected[start : start + flt.get("limit", 21)]
+    listed = await daemon.call("ListCrashes", "a{sv}", {})
     newest = await daemon.call("GetCrash", "s", listed[0]["id"])
     assert newest["pid"] == int(during[-1]["COREDUMP_PID"])
     assert await daemon.get_property("CrashCount") == 21

@@ -52,6 +52,7 @@ filters = st.fixed_dictionaries(
         "exe": st.sampled_from([*EXES, "kate", "dolphin", "nothing"]),
         "state": st.sampled_from([s.value for s in CrashState]),
         "limit": st.integers(1, 30),
+        "offset": st.integers(0, 30),
         "include_dismissed": st.booleans(),
         "machine": st.sampled_from(
             [
@@ -98,20 +99,48 @@ def test_sql_selects_what_the_filter_selects(
         store.upsert(crashes, None)
         flt = CrashFilter.parse(raw)
         expected = newest_first(crashes, flt)
-
-        def order(cs: list[Crash]) -> list[tuple[int, int]]:
-            return [(c.entry.timestamp, c.entry.realtime) for c in cs]
-
         got = store.crashes(flt)
-        # Ties on (timestamp, realtime) may come in either order; the set and the order match.
-        assert order(got) == order(expected)
-        if flt.limit is None:
-            assert sorted(c.id for c in got) == sorted(c.id for c in expected)
+        # The same total order (ties on timestamp and realtime by id): the same crashes, also
+        # for a page (limit and offset).
+        assert [c.id for c in got] == [c.id for c in expected]
         assert got == [store.get(c.id) for c in got]
         listed = store.listing(flt)
         assert [r.record for r in listed] == [render(c) for c in got]
     finally:
         store.close()
+
+
+def test_pages_of_tied_crashes_partition_the_list_in_id_order(tmp_path: Path) -> None:
+    """Crashes at one timestamp and journal time come by id (descending), whatever order they
+    were stored in, so that pages (limit, offset) neither overlap nor skip one."""
+    store = CrashStore(tmp_path / "crashes.sqlite")
+    store.set_renderer(render, "t1")
+    tied = [make_crash(pid, T0, T0, "/usr/bin/kate", CrashState.NEW) for pid in range(1, 12)]
+    older = make_crash(99, T0 - 1, T0 + 5, "/usr/bin/kate", CrashState.NEW)
+    # Stored newest id first: SQLite's own order of ties (the rowid, descending) is the other.
+    for crash in [*sorted(tied, key=lambda c: c.id, reverse=True), older]:
+        store.upsert([crash], None)
+    expected = [*sorted((c.id for c in tied), reverse=True), older.id]
+    assert [c.id for c in store.crashes(CrashFilter())] == expected
+    pages = [store.listing(CrashFilter(limit=5, offset=o)) for o in (0, 5, 10)]
+    assert [len(p) for p in pages] == [5, 5, 2]
+    assert [r.record for p in pages for r in p] == [f"{i}:new".encode() for i in expected]
+    # An offset without a limit: the rest of the list.
+    assert [c.id for c in store.crashes(CrashFilter(offset=9))] == expected[9:]
+    assert store.crashes(CrashFilter(offset=12)) == []
+    store.close()
+
+
+def test_a_page_walks_an_index_in_list_order_without_sorting(tmp_path: Path) -> None:
+    """ListCrashes' order (timestamp, realtime, id; newest first) is an index's: the newest 20
+    of 100,000 crashes were 0.02 ms, a sort of every match would be ~50 ms."""
+    store = CrashStore(tmp_path / "crashes.sqlite")
+    for flt in (CrashFilter(), CrashFilter(limit=20, offset=40), CrashFilter(since=T0)):
+        where, args = store._where(flt)
+        plan = store._read(f"EXPLAIN QUERY PLAN SELECT id, listing FROM crashes{where}", args)
+        details = " / ".join(str(r[3]) for r in plan)
+        assert "TEMP B-TREE" not in details, details
+    store.close()
 
 
 def test_counts_groups_members_and_expiry(tmp_path: Path) -> None:

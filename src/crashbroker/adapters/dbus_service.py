@@ -121,11 +121,15 @@ class ManagerInterface(ServiceInterface):
         manager: Manager,
         version: str,
         barrier: Callable[[], Awaitable[object]] | None = None,
+        max_reply: int = dbus_wire.MAX_ARRAY_LENGTH,
     ) -> None:
+        """``max_reply``: the most bytes of records one ListCrashes reply holds (a test lowers
+        it); a longer listing is answered with TooLarge."""
         super().__init__(MANAGER_INTERFACE)
         self._manager = manager
         self._version = version
         self._barrier = barrier
+        self._max_reply = max_reply
         self._bus: MessageBus | None = None
         # The latest list records made: id -> (the crash as it was, the record's wire bytes).
         # The store asks for one when it writes a crash, the catch-up signal of that crash
@@ -135,8 +139,9 @@ class ManagerInterface(ServiceInterface):
 
     def attach(self, bus: MessageBus) -> Callable[[], None]:
         """Serve ``ListCrashes`` and send ``CrashDetected`` from records marshalled once, on
-        ``bus`` (where this object is exported). Returns the undo. Without it (or when
-        dbus-fast's internals moved) dbus-fast's general path answers: same bytes, slower."""
+        ``bus`` (where this object is exported), replies bounded by ``max_reply``. Returns the
+        undo. Without it (or when dbus-fast's internals moved) dbus-fast's general path
+        answers: same bytes, slower, and a listing too long for one message fails (Failed)."""
         if not dbus_wire.AVAILABLE:
             return lambda: None
         self._bus = bus
@@ -211,7 +216,7 @@ class ManagerInterface(ServiceInterface):
         return Message.new_method_return(msg, "b", [result])
 
     def _on_message(self, msg: Message) -> bool | None:
-        """ListCrashes (list records) before dbus-fast dispatches it; None lets it through."""
+        """ListCrashes before dbus-fast dispatches it; None lets anything else through."""
         if (
             msg.member != "ListCrashes"
             or msg.message_type is not MessageType.METHOD_CALL
@@ -223,12 +228,17 @@ class ManagerInterface(ServiceInterface):
             return None
         with _translated("ListCrashes"):  # a DBusError raised here becomes the error reply
             flt = CrashFilter.parse(unwrap(msg.body[0]))
-            if flt.full:
-                return None
-            body = dbus_wire.records_body(
-                c if isinstance(c, bytes) else self.list_chunk(c)
-                for c in self._manager.listing(flt)
+            # Full records too: dbus-fast would marshal the same bytes, but could only fail
+            # with its own error where a listing is too long for one message.
+            chunks = (
+                [dbus_wire.record_chunk(to_record(c)) for c in self._manager.list_crashes(flt)]
+                if flt.full
+                else [
+                    c if isinstance(c, bytes) else self.list_chunk(c)
+                    for c in self._manager.listing(flt)
+                ]
             )
+            body = dbus_wire.records_body(chunks, self._max_reply)  # TooLarge past the bound
         if dbus_wire.wants_reply(msg):
             self._bus.send(dbus_wire.method_return(msg, "aa{sv}", body))
         if len(body) > LARGE_REPLY:

@@ -23,12 +23,21 @@ from typing import Any
 
 from dbus_fast import Message, MessageFlag, MessageType, Variant
 
+from crashbroker.domain.errors import TooLarge
+
 try:
     from dbus_fast._private.marshaller import Marshaller
 
     AVAILABLE = hasattr(Message, "_marshall")
 except ImportError:  # pragma: no cover - a dbus-fast that moved its marshaller
     AVAILABLE = False
+
+# The D-Bus specification, "Marshaling (Wire Format)": an array's contents (what its length
+# field counts) are at most 2**26 bytes (64 MiB), a message at most 2**27 (so a reply of one
+# array within the bound always fits). dbus-daemon disconnects a connection that sends a longer
+# array (1.14, as tried: the caller gets NoReply and the sender loses its names; crashbroker's
+# daemon then exits).
+MAX_ARRAY_LENGTH = 1 << 26
 
 _U32 = struct.Struct("<I")
 _ZEROS = bytes(8)
@@ -93,10 +102,29 @@ def _append_array_of_entries(out: bytearray, chunk: bytes) -> None:
     out += chunk
 
 
-def records_body(chunks: Iterable[bytes]) -> bytes:
-    """The body of an ``aa{sv}`` reply made of :func:`record_chunk` results, in order."""
-    out = bytearray(4)
+def array_length(chunks: Iterable[bytes]) -> int:
+    """The length :func:`records_body` writes for its array of ``chunks``: the bytes of its
+    elements, padding included, which the specification bounds."""
+    end = 4  # the body starts 8-aligned, the array's elements after its length
     for chunk in chunks:
+        end += -end % 4 + 4  # the element's length, 4-aligned
+        end += -end % 8 + len(chunk)  # its entries, 8-aligned
+    return end - 4
+
+
+def records_body(chunks: Iterable[bytes], max_length: int = MAX_ARRAY_LENGTH) -> bytes:
+    """The body of an ``aa{sv}`` reply made of :func:`record_chunk` results, in order.
+
+    Raises:
+        TooLarge: the array would be longer than ``max_length`` bytes (a bus disconnects the
+            sender of a longer one); measured before anything is copied.
+    """
+    elements = tuple(chunks)
+    length = array_length(elements)
+    if length > max_length:
+        raise TooLarge(len(elements), length, max_length)
+    out = bytearray(4)
+    for chunk in elements:
         _append_array_of_entries(out, chunk)
     _U32.pack_into(out, 0, len(out) - 4)  # elements are 4-aligned: the first one starts at 4
     return bytes(out)

@@ -71,7 +71,10 @@ _INDEX_COLUMNS = {
     "host": "TEXT",
 }
 _INDEXES = """
-CREATE INDEX IF NOT EXISTS crashes_time ON crashes(timestamp, realtime);
+-- ListCrashes' order, newest first by (timestamp, realtime, id): a page (limit, offset) walks
+-- this index instead of sorting every match (crashes_time lacked the id, the tie-breaker).
+DROP INDEX IF EXISTS crashes_time;
+CREATE INDEX IF NOT EXISTS crashes_order ON crashes(timestamp, realtime, id);
 CREATE INDEX IF NOT EXISTS crashes_head ON crashes(loop_head) WHERE loop_head != '';
 -- Covers what a start reads of every crash (ids, counts, bursts): a scan of this index instead
 -- of the table's rows, a tenth of the bytes.
@@ -436,7 +439,7 @@ class CrashStore:
 
     @staticmethod
     def _where(flt: CrashFilter) -> tuple[str, list[object]]:
-        """``flt`` as SQL (the same selection as :meth:`CrashFilter.matches`), newest first."""
+        """``flt`` as SQL (the same selection and order as :func:`newest_first`)."""
         clauses: list[str] = []
         args: list[object] = []
         low, high = _SQLITE_INT
@@ -457,12 +460,16 @@ class CrashStore:
             args.append(flt.state.value)
         if not flt.include_dismissed:
             clauses.append("state != 'dismissed'")
+        # The id last: a total order, as newest_first's, so that pages do not overlap on ties.
         sql = (" WHERE " + " AND ".join(clauses) if clauses else "") + (
-            " ORDER BY timestamp DESC, realtime DESC"
+            " ORDER BY timestamp DESC, realtime DESC, id DESC"
         )
-        if flt.limit is not None:
-            sql += " LIMIT ?"
-            args.append(flt.limit)
+        if flt.limit is not None or flt.offset:
+            sql += " LIMIT ?"  # SQLite has no OFFSET without LIMIT: -1 is none
+            args.append(flt.limit if flt.limit is not None else -1)
+        if flt.offset:
+            sql += " OFFSET ?"
+            args.append(flt.offset)
         return sql, args
 
     def crashes(self, flt: CrashFilter) -> list[Crash]:

@@ -16,7 +16,9 @@ Tree::
         ├── NotReady            no backtrace cached yet (RequestBacktrace makes it)
         ├── NoCore              the crash has no core to debug (none kept, or removed since)
         ├── CoreTruncated       the core was cut short (size limit); gdb would mislead
-        └── BacktraceFailed     reading the core or gdb failed, timed out or said nothing useful
+        ├── BacktraceFailed     reading the core or gdb failed, timed out or said nothing useful
+        └── TooLarge            the answer would not fit in one D-Bus message (``count``,
+                                ``size``, ``maximum``): ask for pages
 
 Exceptions carry structured attributes; callers never parse message text.
 """
@@ -107,3 +109,19 @@ class CoreTruncated(RequestError):
 
 class BacktraceFailed(RequestError):
     name = "BacktraceFailed"
+
+
+class TooLarge(RequestError):
+    """A listing of ``count`` crashes would take ``size`` bytes, more than one D-Bus reply may
+    hold (``maximum``): the caller asks for pages (``limit`` and ``offset``) instead."""
+
+    name = "TooLarge"
+
+    def __init__(self, count: int, size: int, maximum: int) -> None:
+        self.count = count
+        self.size = size
+        self.maximum = maximum
+        super().__init__(
+            f"{count} crashes matched, {size} bytes: more than one D-Bus reply may hold "
+            f"({maximum} bytes); ask for pages with the filter keys 'limit' and 'offset'"
+        )

@@ -10,6 +10,7 @@ from crashbroker.domain.errors import InvalidArgs
 from crashbroker.domain.model import Crash, CrashState
 
 MAX_LIMIT = 100_000
+MAX_OFFSET = 2**32 - 1  # the largest D-Bus UINT32
 MAX_EXE_CHARS = 4096
 MAX_MACHINE_CHARS = 256
 _HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -20,6 +21,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "machine": str,
     "state": str,
     "limit": int,
+    "offset": int,
     "include_dismissed": bool,
     "full": bool,
 }
@@ -37,6 +39,8 @@ class CrashFilter:
     # A machine id (32 hex digits; a UUID's dashes and upper case are accepted) or a hostname,
     # compared exactly with the crash's machine id or hostname.
     machine: str | None = None
+    # Matches skipped before the first one given (with ``limit``: a page of the listing).
+    offset: int = 0
 
     @classmethod
     def parse(cls, raw: Mapping[str, object]) -> CrashFilter:
@@ -75,6 +79,9 @@ class CrashFilter:
         limit = raw.get("limit")
         if isinstance(limit, int) and not 0 < limit <= MAX_LIMIT:
             raise InvalidArgs(f"limit must be within 1..{MAX_LIMIT}")
+        offset = raw.get("offset")
+        if isinstance(offset, int) and not 0 <= offset <= MAX_OFFSET:
+            raise InvalidArgs(f"offset must be within 0..{MAX_OFFSET}")
         since, until = raw.get("since"), raw.get("until")
         return cls(
             since=since if isinstance(since, int) else None,
@@ -83,6 +90,7 @@ class CrashFilter:
             machine=machine if isinstance(machine, str) else None,
             state=parsed_state,
             limit=limit if isinstance(limit, int) else None,
+            offset=offset if isinstance(offset, int) else 0,
             include_dismissed=raw.get("include_dismissed") is True
             or parsed_state is CrashState.DISMISSED,
             full=raw.get("full") is True,
@@ -107,10 +115,13 @@ class CrashFilter:
 
 
 def newest_first(crashes: Iterable[Crash], flt: CrashFilter) -> list[Crash]:
-    """The crashes matching ``flt``, newest (by COREDUMP_TIMESTAMP) first, at most ``limit``."""
+    """The crashes matching ``flt``, newest first, the first ``offset`` skipped, at most
+    ``limit``. Newest by (COREDUMP_TIMESTAMP, journal time, id): a total order, so that pages
+    (``limit`` and ``offset``) neither overlap nor leave a gap where crashes tie."""
     found = sorted(
         (c for c in crashes if flt.matches(c)),
-        key=lambda c: (c.entry.timestamp, c.entry.realtime),
+        key=lambda c: (c.entry.timestamp, c.entry.realtime, c.id),
         reverse=True,
     )
-    return found[: flt.limit] if flt.limit is not None else found
+    end = flt.offset + flt.limit if flt.limit is not None else None
+    return found[flt.offset : end]

@@ -96,7 +96,7 @@ async def pending_metadata(client: BrokerClient | None) -> frozenset[str] | None
     if client is None:
         return None
     try:
-        crashes = await client.list_crashes()
+        crashes = await client.list_all()
     except ClientError:
         return None
     return frozenset(
