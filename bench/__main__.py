@@ -231,7 +231,7 @@ async def end_to_end(args: argparse.Namespace) -> None:
     readable by a reader polling every 1 ms. Then the same daemon without hints (cores watched
     in an empty directory, no KCrash directory): what journald's late notification costs. On
     the persistent journal, then on a volatile one (journald moved to /run/log/journal with
-    ``journalctl --relinquish-var``, and back with ``--flush`` after)."""
+    ``journalctl --relinquish-var``; see :func:`restore_persistent_journal` for the way back)."""
     n = 20 if args.quick else 100
     for storage in ("persistent", "volatile"):
         if storage == "volatile":
@@ -241,7 +241,20 @@ async def end_to_end(args: argparse.Namespace) -> None:
                 await end_to_end_run(n, storage, hinted)
         finally:
             if storage == "volatile":
-                subprocess.run(["journalctl", "--flush"], check=True)
+                restore_persistent_journal()
+
+
+def restore_persistent_journal() -> None:
+    """Back to the rig's persistent journal. journald 252 keeps writing a relinquished journal
+    to /run even after ``journalctl --flush`` (seen: the next crash's entry went to /run), and a
+    root-only /run/log/journal/<machine-id> left behind changes what later runs see (doctor,
+    the session rig): flush what can be, restart journald through the rig without it."""
+    subprocess.run(["journalctl", "--flush"], check=False)
+    rig = str(ROOT / "scripts" / "rig")
+    subprocess.run([rig, "down"], check=True, capture_output=True)
+    machine_id = Path("/etc/machine-id").read_text().strip()
+    shutil.rmtree(f"/run/log/journal/{machine_id}", ignore_errors=True)
+    subprocess.run([rig, "up"], check=True, capture_output=True)
 
 
 async def end_to_end_run(n: int, storage: str, hinted: bool) -> None:
