@@ -127,11 +127,12 @@ async def added_ms(client: Client, reader: Reader, pid: int, timeout_s: float) -
     return (client.detected[pid] - reader.visible[pid]) * 1000
 
 
-def latency_rows(what: str, samples: list[float]) -> None:
+def latency_rows(what: str, samples: list[float], reference: str = "a plain journal reader"
+                 ) -> None:  # fmt: skip
     p50, p99 = percentile(samples, 50), percentile(samples, 99)
     label = f"latency {what}, added by crashbroker (n={len(samples)})"
     row(f"{label} p50", f"{p50:.2f} ms")
-    row(f"{label} p99", f"{p99:.2f} ms", "a plain journal reader: 0 (reference)", "",
+    row(f"{label} p99", f"{p99:.2f} ms", f"{reference}: 0 (reference)", "",
         "p99 ≤ 20 ms", p99 <= 20)  # fmt: skip
 
 
@@ -158,18 +159,23 @@ async def latency(args: argparse.Namespace) -> None:
     n_real = 20 if args.quick else 60
     work = Work()
     bus, daemon, client = await setup(work, "--catch-up=none", "--grace-ms=0", "--loop-window=0")
-    reader = Reader(None)
+    # The reference is when the entry can be read (a 1 ms poller): a reader woken by journald
+    # learns of a real crash ~400 ms after the daemon's hints do, so "added" went negative.
+    poller = Poller()
     real: list[float] = []
     try:
         for _ in range(n_real):
             pid = await crash_sleep()
-            real.append(await added_ms(client, reader, pid, 30))
+            async with asyncio.timeout(30):
+                while pid not in client.detected or pid not in poller.readable:  # noqa: ASYNC110
+                    await asyncio.sleep(0.0005)
+            real.append((client.detected[pid] - poller.readable[pid]) * 1000)
     finally:
-        reader.close()
+        await poller.close()
         daemon.stop()
         bus.close()
         work.close()
-    latency_rows("real kernel crashes", real)
+    latency_rows("real kernel crashes", real, "a reader polling every 1 ms")
 
 
 class Poller:
@@ -192,6 +198,9 @@ class Poller:
 
     async def _run(self) -> None:
         while True:
+            # Takes in the files journald rotated to: without it the reader stayed on the old
+            # system.journal and saw no entry after a rotation (a bench run stalled so).
+            self.reader.process()
             now = time.monotonic()
             while True:
                 entry = self.reader.get_next()
@@ -270,14 +279,21 @@ async def end_to_end_run(n: int, storage: str, hinted: bool) -> None:
     detected: list[float] = []
     readable: list[float] = []
     core: list[float] = []
+    missed: list[int] = []
     try:
         for _ in range(n):
             await asyncio.sleep(0.05)  # apart: each sample is one crash, not a storm
             pid, t_kill = await crash_sleep_at()
             poller.wanted.add(pid)
-            async with asyncio.timeout(30):
-                while pid not in client.detected or pid not in poller.readable:  # noqa: ASYNC110
-                    await asyncio.sleep(0.0005)
+            try:
+                async with asyncio.timeout(30):
+                    while pid not in client.detected or pid not in poller.readable:  # noqa: ASYNC110
+                        await asyncio.sleep(0.0005)
+            except TimeoutError:
+                missed.append(pid)
+                print(f"  crash {pid}: announced {pid in client.detected}, readable "
+                      f"{pid in poller.readable} after 30 s", flush=True)  # fmt: skip
+                continue
             detected.append((client.detected[pid] - t_kill) * 1000)
             readable.append((poller.readable[pid] - t_kill) * 1000)
             if pid in poller.core:
@@ -289,6 +305,9 @@ async def end_to_end_run(n: int, storage: str, hinted: bool) -> None:
         bus.close()
         work.close()
     journal = f"{storage} journal"
+    if missed:
+        row(f"kill → CrashDetected, {journal}: crashes not announced or not readable in 30 s",
+            f"{len(missed)} of {n}", "", "", "0", False)  # fmt: skip
     if hinted:
         limit50, limit99 = percentile(readable, 50), percentile(readable, 99)
         label = f"kill → CrashDetected, real crashes, {journal} (n={n})"
