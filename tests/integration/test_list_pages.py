@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from conftest import (
     variant_filter,
 )
 from crashbroker import cli
-from crashbroker.adapters import dbus_wire
+from crashbroker.adapters import dbus_service, dbus_wire
 from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH, error_name
 from crashbroker.adapters.dbus_record import list_items
 from crashbroker.adapters.dbus_service import LISTING_TAG, ManagerInterface
@@ -218,3 +219,25 @@ async def test_cli_halves_a_page_answered_too_large(
     listed = json.loads(await cli_out(bus_address, "list", "--json"))
     assert [c["id"] for c in listed] == [c.id for c in service.crashes]
     assert calls == [5, 2, 2, 2]  # TooLarge, then pages of 2 until a short one
+
+
+async def test_the_records_are_let_go_before_the_heap_is_trimmed(
+    service: Service, client: Recorder, monkeypatch: pytest.MonkeyPatch
+):
+    """A large reply is followed by malloc_trim; records still referenced from the answering
+    frame are freed only after it, and glibc keeps their memory (a list kept there left the
+    10,000 records' 6.5 MB in the daemon's heap: idle RSS 37 → 44 MiB in the bench)."""
+    held: list[str] = []
+
+    def check() -> bool:
+        frame = sys._getframe(1)  # the service's ListCrashes handler
+        for name, value in frame.f_locals.items():
+            if isinstance(value, list | tuple) and any(isinstance(v, bytes) for v in value):
+                held.append(name)
+        return True
+
+    monkeypatch.setattr(dbus_service, "trim_heap", check)
+    monkeypatch.setattr(dbus_service, "LARGE_REPLY", 0)  # trim after any reply here
+    for flt in ({"limit": 3}, {"full": True, "limit": 1}):
+        await call_ok(client.bus, "ListCrashes", "a{sv}", variant_filter(**flt))
+    assert held == []

@@ -230,15 +230,19 @@ class ManagerInterface(ServiceInterface):
             flt = CrashFilter.parse(unwrap(msg.body[0]))
             # Full records too: dbus-fast would marshal the same bytes, but could only fail
             # with its own error where a listing is too long for one message.
+            # Generators, not lists: the records must be freed before trim_heap below, which
+            # a list held here until the method returned prevented (idle RSS after a 10,000
+            # listing: 37 → 44 MiB, the records' 6.5 MB left in the heap).
             chunks = (
-                [dbus_wire.record_chunk(to_record(c)) for c in self._manager.list_crashes(flt)]
+                (dbus_wire.record_chunk(to_record(c)) for c in self._manager.list_crashes(flt))
                 if flt.full
-                else [
+                else (
                     c if isinstance(c, bytes) else self.list_chunk(c)
                     for c in self._manager.listing(flt)
-                ]
+                )
             )
             body = dbus_wire.records_body(chunks, self._max_reply)  # TooLarge past the bound
+            del chunks
         if dbus_wire.wants_reply(msg):
             self._bus.send(dbus_wire.method_return(msg, "aa{sv}", body))
         if len(body) > LARGE_REPLY:
