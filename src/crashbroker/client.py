@@ -155,11 +155,14 @@ class BrokerClient:
     async def list_all(self, want: int | None = None, **filters: Variant) -> list[Record]:
         """``ListCrashes`` of ``filters`` (no ``limit`` or ``offset``): the newest ``want``
         matches (None: all), in pages of :data:`LIST_PAGE` (``limit`` and ``offset``) until
-        a short one, so that no reply outgrows a D-Bus message; ``want`` within a page is one
-        call. A page answered TooLarge (very large full records) is asked again half as long.
+        an empty one, so that no reply outgrows a D-Bus message; ``want`` within a page is
+        one call. A page answered TooLarge (very large full records) is asked again half as
+        long. A daemon older than ``offset`` (InvalidArgs for it) is asked once, unpaged.
 
         Not a snapshot: a crash arriving or dismissed between two pages shifts the ones after
-        it, so a crash can be missed or (given once here, by id) come twice.
+        it, so a crash can be missed or (given once here, by id) come twice. A page can also
+        come back short before the end (the daemon skips a stored record it cannot decode),
+        which is why only an empty page ends the listing.
 
         Raises:
             ClientError: a call failed (TooLarge even for a page of one crash).
@@ -168,21 +171,32 @@ class BrokerClient:
         page, offset = LIST_PAGE, 0
         while want is None or len(found) < want:
             size = page if want is None else min(page, want - len(found))
-            # An offset of 0 is left out: a daemon older than `offset` still answers one page.
+            # An offset of 0 is left out: a daemon older than `offset` answers the first page.
             at = {"offset": Variant("u", offset)} if offset else {}
             try:
                 batch = await self.list_crashes(**filters, limit=Variant("u", size), **at)
             except ClientError as exc:
+                if exc.short_name == "InvalidArgs" and offset and "offset" in exc.text:
+                    return await self._list_unpaged(want, found, filters)
                 if exc.short_name != "TooLarge" or size == 1:
                     raise
                 page = size // 2
                 continue
+            if not batch:
+                break
             for record in batch:
                 found.setdefault(str(record["id"]), record)
             offset += len(batch)
-            if len(batch) < size:
-                break
-        return list(found.values())
+        return list(found.values())[:want]
+
+    async def _list_unpaged(
+        self, want: int | None, found: dict[str, Record], filters: dict[str, Variant]
+    ) -> list[Record]:
+        """The whole listing in one call, for a daemon that knows no ``offset``."""
+        limit = {"limit": Variant("u", want)} if want is not None else {}
+        for record in await self.list_crashes(**filters, **limit):
+            found.setdefault(str(record["id"]), record)
+        return list(found.values())[:want]
 
     async def get_crash(self, crash_id: str) -> Record:
         result: Record = await self.call("GetCrash", "s", [crash_id])

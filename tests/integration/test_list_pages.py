@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dbus_fast import MessageType, Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 import crashbroker.client as broker_client
@@ -31,8 +33,10 @@ from crashbroker.adapters.dbus_names import BUS_NAME, OBJECT_PATH, error_name
 from crashbroker.adapters.dbus_record import list_items
 from crashbroker.adapters.dbus_service import LISTING_TAG, ManagerInterface
 from crashbroker.adapters.store import CrashStore
+from crashbroker.domain.errors import InvalidArgs
 from crashbroker.domain.model import Crash, CrashState
 from crashbroker.domain.query import CrashFilter
+from crashbroker.ops.cleanup import cleanup
 
 T0 = 1_700_000_000_000_000
 
@@ -92,7 +96,7 @@ async def test_cli_list_in_small_pages_is_one_big_call(
     whole = await daemon.call("ListCrashes", "a{sv}", {})
     calls = count_calls(monkeypatch)
     assert json.loads(await cli_out(daemon.bus_address, "list", "--json")) == whole
-    assert len(calls) == 4  # 3 + 3 + 3 + 1
+    assert len(calls) == 5  # 3 + 3 + 3 + 1, then an empty page ends it
     full = await daemon.call("ListCrashes", "a{sv}", variant_filter(full=True))
     assert json.loads(await cli_out(daemon.bus_address, "list", "--json", "--full")) == full
     # The newest N: one call within a page, pages beyond it.
@@ -115,12 +119,12 @@ async def test_cli_list_in_small_pages_is_one_big_call(
 
 
 def count_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The ``limit`` of every ListCrashes call the CLI makes from now on."""
+    """The ``limit`` of every ListCrashes call the CLI makes from now on (0: none)."""
     calls: list[int] = []
     real = broker_client.BrokerClient.list_crashes
 
     async def counted(self: broker_client.BrokerClient, **filters: Any) -> list[dict[str, Any]]:
-        calls.append(filters["limit"].value)
+        calls.append(filters["limit"].value if "limit" in filters else 0)
         return await real(self, **filters)
 
     monkeypatch.setattr(broker_client.BrokerClient, "list_crashes", counted)
@@ -169,14 +173,17 @@ class Service:
     crashes: list[Crash]  # newest first
 
 
-@pytest.fixture
-async def service(bus_address: str, store: CrashStore) -> AsyncIterator[Service]:
-    """Five crashes served on the private bus, by a service whose replies hold at most the
-    list records of three."""
-    crashes = [make_crash(p, T0 + p, T0 + p, "/usr/bin/kate", CrashState.NEW) for p in range(1, 6)]
-    newest = crashes[::-1]
-    bound = dbus_wire.array_length(dbus_wire.scalar_record_chunk(list_items(c)) for c in newest[:3])
-    interface = ManagerInterface(StoreManager(store), "test", max_reply=bound)
+@contextlib.asynccontextmanager
+async def serving(
+    bus_address: str, store: CrashStore, crashes: list[Crash], bound: int | None = None
+) -> AsyncIterator[Service]:
+    """``crashes`` stored and served on the private bus by an in-process service (replies of
+    at most ``bound`` bytes of records, when given)."""
+    interface = (
+        ManagerInterface(StoreManager(store), "test")
+        if bound is None
+        else ManagerInterface(StoreManager(store), "test", max_reply=bound)
+    )
     store.set_renderer(interface.list_chunk, LISTING_TAG)
     store.upsert(crashes, None)
     bus = await MessageBus(bus_address=bus_address).connect()
@@ -184,9 +191,20 @@ async def service(bus_address: str, store: CrashStore) -> AsyncIterator[Service]
         bus.export(OBJECT_PATH, interface)
         interface.attach(bus)
         await bus.request_name(BUS_NAME)
-        yield Service(bus, interface, newest)
+        yield Service(bus, interface, crashes[::-1])
     finally:
         bus.disconnect()
+
+
+@pytest.fixture
+async def service(bus_address: str, store: CrashStore) -> AsyncIterator[Service]:
+    """Five crashes served on the private bus, by a service whose replies hold at most the
+    list records of three."""
+    crashes = [make_crash(p, T0 + p, T0 + p, "/usr/bin/kate", CrashState.NEW) for p in range(1, 6)]
+    newest = crashes[::-1]
+    bound = dbus_wire.array_length(dbus_wire.scalar_record_chunk(list_items(c)) for c in newest[:3])
+    async with serving(bus_address, store, crashes, bound) as served:
+        yield served
 
 
 async def test_a_reply_past_the_bound_is_too_large_and_the_service_stays(
@@ -198,12 +216,24 @@ async def test_a_reply_past_the_bound_is_too_large_and_the_service_stays(
         reply = await bus_call(caller, "ListCrashes", "a{sv}", [variant_filter(**flt)])
         assert reply.message_type == MessageType.ERROR, flt
         assert reply.error_name == too_large, (flt, reply.body)
-        assert f"{count} crashes matched" in reply.body[0]
+        assert f"a reply of {count} crashes" in reply.body[0]
         assert "'limit' and 'offset'" in reply.body[0]
         # Still on the bus, and answering: a page within the bound.
         assert service.bus.connected
         listed = await call_ok(caller, "ListCrashes", "a{sv}", variant_filter(limit=3))
         assert [c["id"] for c in listed] == [c.id for c in service.crashes[:3]]
+    # A call naming no interface (D-Bus allows it) is the same call: TooLarge, not the error
+    # of dbus-fast's own marshaller.
+    anonymous = await caller.call(
+        Message(
+            destination=BUS_NAME,
+            path=OBJECT_PATH,
+            member="ListCrashes",
+            signature="a{sv}",
+            body=[variant_filter()],
+        )
+    )
+    assert anonymous is not None and anonymous.error_name == too_large, anonymous
     full = await call_ok(caller, "ListCrashes", "a{sv}", variant_filter(full=True, limit=1))
     assert full[0]["id"] == service.crashes[0].id
     assert "kcrash" in full[0]  # a full record (within the bound: one of them is)
@@ -218,7 +248,7 @@ async def test_cli_halves_a_page_answered_too_large(
     calls = count_calls(monkeypatch)
     listed = json.loads(await cli_out(bus_address, "list", "--json"))
     assert [c["id"] for c in listed] == [c.id for c in service.crashes]
-    assert calls == [5, 2, 2, 2]  # TooLarge, then pages of 2 until a short one
+    assert calls == [5, 2, 2, 2, 2]  # TooLarge, then pages of 2 until an empty one
 
 
 async def test_the_records_are_let_go_before_the_heap_is_trimmed(
@@ -232,7 +262,7 @@ async def test_the_records_are_let_go_before_the_heap_is_trimmed(
     def check() -> bool:
         frame = sys._getframe(1)  # the service's ListCrashes handler
         for name, value in frame.f_locals.items():
-            if isinstance(value, list | tuple) and any(isinstance(v, bytes) for v in value):
+            if isinstance(value, list | tuple) and any(isinstance(v, bytes | Crash) for v in value):
                 held.append(name)
         return True
 
@@ -241,3 +271,77 @@ async def test_the_records_are_let_go_before_the_heap_is_trimmed(
     for flt in ({"limit": 3}, {"full": True, "limit": 1}):
         await call_ok(client.bus, "ListCrashes", "a{sv}", variant_filter(**flt))
     assert held == []
+
+
+async def test_a_page_cut_short_before_the_end_does_not_end_the_listing(
+    bus_address: str, store: CrashStore, monkeypatch: pytest.MonkeyPatch
+):
+    """The store skips a record it cannot decode after SQL applied the page's limit: that page
+    comes back short, and the listing must go on (it ended there, dropping the rest)."""
+    crashes = [make_crash(p, T0 + p, T0 + p, "/usr/bin/kate", CrashState.NEW) for p in range(1, 8)]
+    async with serving(bus_address, store, crashes) as served:
+        broken = served.crashes[1].id
+        store._db.execute("UPDATE crashes SET record='{' WHERE id=?", (broken,))
+        store._db.commit()
+        monkeypatch.setattr(broker_client, "LIST_PAGE", 3)
+        calls = count_calls(monkeypatch)
+        bus = await MessageBus(bus_address=bus_address).connect()
+        try:
+            listed = await broker_client.BrokerClient(bus).list_all(full=Variant("b", True))
+        finally:
+            bus.disconnect()
+    assert [c["id"] for c in listed] == [c.id for c in served.crashes if c.id != broken]
+    assert calls == [3, 3, 3, 3]  # 2 (one skipped), 3, 1, then empty
+
+
+async def test_a_daemon_without_offset_is_asked_once_unpaged(
+    bus_address: str, store: CrashStore, monkeypatch: pytest.MonkeyPatch
+):
+    """A daemon from before ``offset`` (still running after an upgrade) refuses the key as
+    unknown: the client falls back to one call, as it made before paging."""
+    real_parse = CrashFilter.parse
+
+    def older(raw: dict[str, Any]) -> CrashFilter:
+        if "offset" in raw:
+            raise InvalidArgs("unknown filter key 'offset'; known: since, until, exe, limit")
+        return real_parse(raw)
+
+    monkeypatch.setattr(dbus_service.CrashFilter, "parse", staticmethod(older))
+    crashes = [make_crash(p, T0 + p, T0 + p, "/usr/bin/kate", CrashState.NEW) for p in range(1, 6)]
+    async with serving(bus_address, store, crashes) as served:
+        monkeypatch.setattr(broker_client, "LIST_PAGE", 2)
+        calls = count_calls(monkeypatch)
+        bus = await MessageBus(bus_address=bus_address).connect()
+        try:
+            client = broker_client.BrokerClient(bus)
+            listed = await client.list_all()
+            newest_3 = await client.list_all(3)
+        finally:
+            bus.disconnect()
+    assert [c["id"] for c in listed] == [c.id for c in served.crashes]
+    assert [c["id"] for c in newest_3] == [c.id for c in served.crashes[:3]]
+    assert calls == [2, 2, 0, 2, 1, 3]  # a page, the refused offset, then one call each
+
+
+async def test_cleanup_leaves_kcrash_files_alone_when_the_listing_fails(
+    bus_address: str, store: CrashStore, tmp_path: Path
+):
+    """``cleanup`` keeps the INIs of crashes still shown, which it learns from ListCrashes:
+    with a running daemon whose listing fails (here TooLarge even for one crash), it must not
+    take "no answer" for "nothing pending" and remove them."""
+    crashes = [make_crash(p, T0 + p, T0 + p, "/usr/bin/kate", CrashState.NEW) for p in range(1, 4)]
+    old = tmp_path / "kcrash-metadata" / "kate.1.ini"
+    old.parent.mkdir()
+    old.write_text("[KCrash]\n")
+    os.utime(old, (1, 1))  # far older than any age limit
+    async with serving(bus_address, store, crashes, bound=1):
+        bus = await MessageBus(bus_address=bus_address).connect()
+        try:
+            report = await cleanup(
+                broker_client.BrokerClient(bus), tmp_path,
+                max_age_days=7, expire_days=30, dry_run=False,
+            )  # fmt: skip
+        finally:
+            bus.disconnect()
+    assert old.exists()
+    assert report.removed == [] and any("ListCrashes" in e for e in report.errors), report

@@ -36,7 +36,7 @@ from crashbroker.adapters.dbus_names import (
 )
 from crashbroker.adapters.dbus_record import LIST_KEYS, list_items, to_record, unwrap
 from crashbroker.adapters.memory import trim_heap
-from crashbroker.domain.errors import InvalidArgs, RequestError
+from crashbroker.domain.errors import InvalidArgs, RequestError, TooLarge
 from crashbroker.domain.model import Crash
 from crashbroker.domain.query import CrashFilter
 
@@ -141,7 +141,8 @@ class ManagerInterface(ServiceInterface):
         """Serve ``ListCrashes`` and send ``CrashDetected`` from records marshalled once, on
         ``bus`` (where this object is exported), replies bounded by ``max_reply``. Returns the
         undo. Without it (or when dbus-fast's internals moved) dbus-fast's general path
-        answers: same bytes, slower, and a listing too long for one message fails (Failed)."""
+        answers: same bytes, slower, and a listing too long for one message fails with dbus-fast's
+        own error instead of TooLarge."""
         if not dbus_wire.AVAILABLE:
             return lambda: None
         self._bus = bus
@@ -221,7 +222,7 @@ class ManagerInterface(ServiceInterface):
             msg.member != "ListCrashes"
             or msg.message_type is not MessageType.METHOD_CALL
             or msg.path != OBJECT_PATH
-            or msg.interface != MANAGER_INTERFACE
+            or msg.interface not in (MANAGER_INTERFACE, None)  # D-Bus allows a call without one
             or msg.signature != "a{sv}"
             or self._bus is None
         ):
@@ -241,8 +242,16 @@ class ManagerInterface(ServiceInterface):
                     for c in self._manager.listing(flt)
                 )
             )
-            body = dbus_wire.records_body(chunks, self._max_reply)  # TooLarge past the bound
+            refused: TooLarge | None = None
+            try:
+                body = dbus_wire.records_body(chunks, self._max_reply)
+            except TooLarge as exc:
+                # Without its traceback, whose frames hold the records: freed before the trim.
+                refused = exc.with_traceback(None)
             del chunks
+            if refused is not None:
+                trim_heap()
+                raise refused
         if dbus_wire.wants_reply(msg):
             self._bus.send(dbus_wire.method_return(msg, "aa{sv}", body))
         if len(body) > LARGE_REPLY:

@@ -112,8 +112,9 @@ class BacktraceFailed(RequestError):
 
 
 class TooLarge(RequestError):
-    """A listing of ``count`` crashes would take ``size`` bytes, more than one D-Bus reply may
-    hold (``maximum``): the caller asks for pages (``limit`` and ``offset``) instead."""
+    """A reply of ``count`` crashes (the filter's matches after ``limit`` and ``offset``) would
+    take ``size`` bytes, more than one D-Bus reply may hold (``maximum``): the caller asks for
+    pages (``limit`` and ``offset``) instead."""
 
     name = "TooLarge"
 
@@ -122,6 +123,6 @@ class TooLarge(RequestError):
         self.size = size
         self.maximum = maximum
         super().__init__(
-            f"{count} crashes matched, {size} bytes: more than one D-Bus reply may hold "
-            f"({maximum} bytes); ask for pages with the filter keys 'limit' and 'offset'"
+            f"a reply of {count} crashes would take {size} bytes, more than one D-Bus reply "
+            f"may hold ({maximum} bytes); ask for pages with the filter keys 'limit' and 'offset'"
         )
