@@ -38,6 +38,7 @@ from bench.harness import (
     wait_asleep,
     wait_exec,
 )
+from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 
 COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 CORE_DIR = "/var/lib/systemd/coredump"
@@ -191,6 +192,9 @@ class Poller:
         self.wanted: set[int] = set()
         self.interval_s = interval_s
         self.reader = journal.Reader()
+        # sd-journal watches the directory (inotify) only once asked for its fd: without it
+        # process() does nothing and the reader never takes in a rotated-to file.
+        self.reader.fileno()
         self.reader.seek_tail()
         self.reader.get_previous()
         self.reader.add_match(MESSAGE_ID=COREDUMP_MESSAGE_ID)
@@ -198,8 +202,8 @@ class Poller:
 
     async def _run(self) -> None:
         while True:
-            # Takes in the files journald rotated to: without it the reader stayed on the old
-            # system.journal and saw no entry after a rotation (a bench run stalled so).
+            # Takes in the files journald rotated to (with the watch fileno() set up): without
+            # it the reader stayed on the old system.journal and saw no entry after a rotation.
             self.reader.process()
             now = time.monotonic()
             while True:
@@ -279,7 +283,8 @@ async def end_to_end_run(n: int, storage: str, hinted: bool) -> None:
     detected: list[float] = []
     readable: list[float] = []
     core: list[float] = []
-    missed: list[int] = []
+    missed: list[int] = []  # not announced in 30 s: the daemon's miss
+    poller_missed: list[int] = []  # announced, but the reference reader did not read it
     try:
         for _ in range(n):
             await asyncio.sleep(0.05)  # apart: each sample is one crash, not a storm
@@ -290,7 +295,7 @@ async def end_to_end_run(n: int, storage: str, hinted: bool) -> None:
                     while pid not in client.detected or pid not in poller.readable:  # noqa: ASYNC110
                         await asyncio.sleep(0.0005)
             except TimeoutError:
-                missed.append(pid)
+                (poller_missed if pid in client.detected else missed).append(pid)
                 print(f"  crash {pid}: announced {pid in client.detected}, readable "
                       f"{pid in poller.readable} after 30 s", flush=True)  # fmt: skip
                 continue
@@ -306,8 +311,11 @@ async def end_to_end_run(n: int, storage: str, hinted: bool) -> None:
         work.close()
     journal = f"{storage} journal"
     if missed:
-        row(f"kill → CrashDetected, {journal}: crashes not announced or not readable in 30 s",
+        row(f"kill → CrashDetected, {journal}: crashes not announced in 30 s",
             f"{len(missed)} of {n}", "", "", "0", False)  # fmt: skip
+    if poller_missed:
+        row(f"kill → CrashDetected, {journal}: announced, not read by the 1 ms poller in 30 s "
+            "(left out of the figures)", f"{len(poller_missed)} of {n}")  # fmt: skip
     if hinted:
         limit50, limit99 = percentile(readable, 50), percentile(readable, 99)
         label = f"kill → CrashDetected, real crashes, {journal} (n={n})"
@@ -534,8 +542,7 @@ def store_mib(state: Path) -> float:
     return sum(f.stat().st_size for f in state.rglob("crashes.sqlite*")) / 2**20
 
 
-BUSCTL = ["busctl", "--user", "call", "org.kde.crashbroker1", "/org/kde/crashbroker1",
-          "org.kde.crashbroker1.Manager", "ListCrashes"]  # fmt: skip
+BUSCTL = ["busctl", "--user", "call", BUS_NAME, OBJECT_PATH, MANAGER_INTERFACE, "ListCrashes"]
 
 
 async def measure(total: int, crashes: int, idle: Callable[[Daemon], Coroutine[Any, Any, None]]
@@ -576,9 +583,9 @@ async def measure(total: int, crashes: int, idle: Callable[[Daemon], Coroutine[A
 
     raw = await client.bus.call(
         Message(
-            destination="org.kde.crashbroker1",
-            path="/org/kde/crashbroker1",
-            interface="org.kde.crashbroker1.Manager",
+            destination=BUS_NAME,
+            path=OBJECT_PATH,
+            interface=MANAGER_INTERFACE,
             member="ListCrashes",
             signature="a{sv}",
             body=[{}],
