@@ -32,11 +32,13 @@ from bench.harness import (
     Entries,
     Remote,
     Work,
-    crash_sleep,
     percentile,
     run_timed,
     wait_asleep,
     wait_exec,
+)
+from bench.harness import (
+    crash_sleep as _crash_sleep,
 )
 from crashbroker.adapters.dbus_names import BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH
 
@@ -44,6 +46,36 @@ COREDUMP_MESSAGE_ID = "fc2e22bc6ee647b6b90729ab34a250b1"
 CORE_DIR = "/var/lib/systemd/coredump"
 DATA = ROOT / "bench" / ".data"
 RESULTS = ROOT / "bench" / "results"
+
+
+# The pids of the crashes this run made: their cores are removed after each figure. The time
+# systemd-coredump takes grows with the cores in its directory (it scans them at every crash:
+# the e2e limit was 106 ms at p50 with 6,000 cores there, 77 ms with 330), so a bench that left
+# its ~500 cores per run behind would slow its own next runs.
+CRASHED: set[int] = set()
+STARTED = time.time()  # pids wrap (pid_max 32768 here): only cores written since the run began
+
+
+async def crash_sleep() -> int:
+    pid = await _crash_sleep()
+    CRASHED.add(pid)
+    return pid
+
+
+def remove_own_cores() -> None:
+    with os.scandir(CORE_DIR) as it:
+        for e in it:
+            parts = e.name.split(".")
+            ours = e.name.startswith("core.sleep.") and len(parts) > 5 and parts[4].isdigit()
+            if ours and int(parts[4]) in CRASHED and int(parts[5]) / 1e6 >= STARTED - 1:
+                with contextlib.suppress(OSError):
+                    os.unlink(e.path)
+    CRASHED.clear()
+
+
+def cores_in_dir() -> int:
+    with os.scandir(CORE_DIR) as it:
+        return sum(e.name.startswith("core.") for e in it)
 
 
 @dataclass
@@ -236,6 +268,7 @@ async def crash_sleep_at() -> tuple[int, float]:
     t_kill = time.monotonic()
     proc.send_signal(signal.SIGSEGV)
     await proc.wait()
+    CRASHED.add(proc.pid)
     return proc.pid, t_kill
 
 
@@ -246,6 +279,7 @@ async def end_to_end(args: argparse.Namespace) -> None:
     the persistent journal, then on a volatile one (journald moved to /run/log/journal with
     ``journalctl --relinquish-var``; see :func:`restore_persistent_journal` for the way back)."""
     n = 20 if args.quick else 100
+    row(f"cores in {CORE_DIR} (systemd-coredump scans them at each crash)", str(cores_in_dir()))
     for storage in ("persistent", "volatile"):
         if storage == "volatile":
             subprocess.run(["journalctl", "--relinquish-var"], check=True)
@@ -308,6 +342,9 @@ async def end_to_end_run(n: int, storage: str, hinted: bool) -> None:
         await poller.close()
         daemon.stop()
         bus.close()
+        if missed:  # what the daemon said about it (warnings and errors)
+            log = (work.dir / "daemon.log").read_text(errors="replace")
+            print("  daemon log:\n" + log[-4000:], flush=True)
         work.close()
     journal = f"{storage} journal"
     if missed:
@@ -995,7 +1032,10 @@ async def main() -> None:
     args = p.parse_args()
     for name in args.only.split(","):
         print(f"== {name}", flush=True)
-        await FIGURES[name](args)
+        try:
+            await FIGURES[name](args)
+        finally:
+            remove_own_cores()
     write_results(args.quick)
 
 
