@@ -36,6 +36,16 @@ async def quiet_source(rj: RemoteJournal) -> tuple[JournalSource, AsyncIterator[
     return source, batches
 
 
+async def assert_quiet(batches: AsyncIterator[JournalBatch], seconds: float) -> None:
+    """Nothing makes the pump yield a batch for ``seconds``."""
+    pending = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(seconds)
+    assert not pending.done()
+    pending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pending
+
+
 async def test_a_hint_reads_an_entry_whose_notification_never_comes(
     remote_journal: RemoteJournal,
 ) -> None:
@@ -57,13 +67,8 @@ async def test_a_hint_reads_an_entry_whose_notification_never_comes(
         assert source.hint_reads >= 1  # found by a re-read, not by the hint's first read
         # The hinted entry was read: the re-reads stop, and nothing wakes the pump any more.
         reads = source.hint_reads
-        pending = asyncio.ensure_future(anext(batches))
-        await asyncio.sleep(20 * HINT_INTERVAL_S)
-        assert not pending.done()
+        await assert_quiet(batches, 20 * HINT_INTERVAL_S)
         assert source.hint_reads == reads
-        pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pending
     finally:
         await batches.aclose()  # type: ignore[attr-defined]
         source.close()
@@ -93,12 +98,8 @@ async def test_a_hinted_entry_the_reader_does_not_report_is_read_by_a_reopened_r
         assert read == [str(pid)]
         assert source.hint_reopens == 1 and source._reader is not stale
         # Read once: no more reopens, nothing wakes the pump.
-        pending = asyncio.ensure_future(anext(batches))
-        await asyncio.sleep(0.3)
-        assert not pending.done() and source.hint_reopens == 1
-        pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pending
+        await assert_quiet(batches, 0.3)
+        assert source.hint_reopens == 1
     finally:
         await batches.aclose()  # type: ignore[attr-defined]
         source.close()

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -327,6 +327,21 @@ class JournalSource:
             return None
         return min(HINT_INTERVAL_S, self._hint_until - now)
 
+    def _at_cursor(self) -> bool:
+        """Whether the position is an entry's cursor, which a reopened reader can resume at."""
+        return bool(self._position) and not str(self._position).startswith(REALTIME_PREFIX)
+
+    def _reopen(self, fd: int, on_readable: Callable[[], None]) -> int:
+        """A new reader at the position, watched by the loop instead of the old one; its fd."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(fd)
+        self.close()
+        self._cursor = self._position
+        self.open()
+        fd = self._reader.fileno()
+        loop.add_reader(fd, on_readable)
+        return fd
+
     def _unread_after_hints(self) -> bool:
         """Forget the hints of a window that ended; True if one named a crash whose entry was
         not read (then the pump reads once more from a reopened reader).
@@ -381,17 +396,12 @@ class JournalSource:
                     # Once, at the end of the catch-up, and only if it read anything: a reopen
                     # later would hold a live crash back (the journal-remote latency
                     # benchmark's second crash waited 10 ms for it).
-                    if read and self._position and not self._position.startswith(REALTIME_PREFIX):
+                    if read and self._at_cursor():
                         # The catch-up mapped windows of every journal file it read (hundreds
                         # of MB of page cache counted in our RSS for a long journal). A reader
                         # reopened at the position maps only what following needs. Entries
                         # appended meanwhile are read right after, from the cursor.
-                        loop.remove_reader(fd)
-                        self.close()
-                        self._cursor = self._position
-                        self.open()
-                        fd = self._reader.fileno()
-                        loop.add_reader(fd, on_readable)
+                        fd = self._reopen(fd, on_readable)
                         release_free_memory()  # what the catch-up's objects occupied
                         continue
                 delay = self._hint_delay(loop.time())
@@ -402,18 +412,9 @@ class JournalSource:
                     except TimeoutError:
                         self.hint_reads += 1
                     continue
-                if (
-                    self._unread_after_hints()
-                    and self._position is not None
-                    and not self._position.startswith(REALTIME_PREFIX)
-                ):
+                if self._unread_after_hints() and self._at_cursor():
                     self.hint_reopens += 1
-                    loop.remove_reader(fd)
-                    self.close()
-                    self._cursor = self._position
-                    self.open()
-                    fd = self._reader.fileno()
-                    loop.add_reader(fd, on_readable)
+                    fd = self._reopen(fd, on_readable)
                     continue
                 if timeout_us is None:
                     await wake.wait()
