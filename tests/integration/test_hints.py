@@ -13,6 +13,7 @@ from pathlib import Path
 from conftest import Daemon, RemoteJournal
 from crashbroker.adapters.hints import HintWatcher, core_hint, kcrash_hint
 from crashbroker.adapters.journal import HINT_INTERVAL_S, JournalBatch, JournalSource
+from crashbroker.adapters.journal_fleet import FleetSource
 from crashbroker.domain.cursor import CatchUp
 
 BOOT = "0123456789abcdef0123456789abcdef"
@@ -100,6 +101,69 @@ async def test_a_hinted_entry_the_reader_does_not_report_is_read_by_a_reopened_r
         # Read once: no more reopens, nothing wakes the pump.
         await assert_quiet(batches, 0.3)
         assert source.hint_reopens == 1
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]
+        source.close()
+
+
+async def test_a_missed_crash_is_read_again_at_its_own_deadline_while_hints_go_on(
+    remote_journal: RemoteJournal,
+) -> None:
+    """Other crashes' hints (a foreign service crashing every 30 ms) do not hold back the
+    reopen for one whose entry the reader did not report: each hint has its own window."""
+    source, batches = await quiet_source(remote_journal)
+    source.hint_window_s = 0.1
+
+    async def other_crashes() -> None:
+        for other in range(3_000_000, 3_000_100):  # 3 s of hints, none of them ever logged
+            source.read_soon(other)
+            await asyncio.sleep(0.03)
+
+    flood = asyncio.ensure_future(other_crashes())
+    try:
+        entry = remote_journal.coredump()
+        pid = int(entry["COREDUMP_PID"])
+        remote_journal.append(entry)
+        remote_journal.wait_written(2)
+        source._reader._next = lambda *_: 0  # "at the end", whatever is there
+        source.read_soon(pid)
+        read: list[str] = []
+        while not read:
+            read = [e["COREDUMP_PID"] for e in (await anext(batches)).entries]
+        assert read == [str(pid)]
+        assert not flood.done()  # read while the other hints still came
+    finally:
+        flood.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flood
+        await batches.aclose()  # type: ignore[attr-defined]
+        source.close()
+
+
+async def test_fleet_mode_never_reopens_for_a_hint(remote_journal: RemoteJournal) -> None:
+    """In fleet mode hints name this machine's crashes, while entries come by upload: an
+    unread hinted crash is forgotten at its window's end, without reopening the directory."""
+    remote_journal.append(remote_journal.coredump())
+    remote_journal.wait_written(1)
+    source = FleetSource(directory=remote_journal.directory, catch_up=CatchUp.ALL)
+    source.open()
+    batches = source.batches()
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                batch = await anext(batches)
+                if batch.at_end and not batch.entries:
+                    break
+        source.hint_window_s = 0.05
+        pump = asyncio.ensure_future(_drain(batches))
+        source.read_soon(4_000_000)
+        await asyncio.sleep(0.3)
+        assert not pump.done()
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+        assert source.hint_reads >= 1  # the hint was taken: reads within its window
+        assert source.hint_reopens == 0 and not source._hinted
     finally:
         await batches.aclose()  # type: ignore[attr-defined]
         source.close()

@@ -189,6 +189,8 @@ class JournalSource:
         self._reader: Any = None
         self._skip_cursor: str | None = None
         self._position: str | None = cursor
+        # The position is the cursor of a coredump this source read (not a start's tail).
+        self._position_read = False
         self.invalidations = 0
         self.hint_reads = 0  # reads made because a hint was due, not on the journal's notification
         # Reopens because a hinted crash's entry was not read by the end of its window (see
@@ -197,7 +199,8 @@ class JournalSource:
         self.hint_window_s = HINT_WINDOW_S  # re-reads last this long after the last hint
         self._wake: asyncio.Event | None = None
         self._hint_until = 0.0
-        self._hinted: set[str] = set()  # COREDUMP_PID of hinted crashes not read yet
+        # COREDUMP_PID of hinted crashes not read yet -> the end of each one's window.
+        self._hinted: dict[str, float] = {}
         self._hinted_blind = False  # a hint without a pid: re-read until the window ends
 
     def _new_reader(self) -> Any:
@@ -231,6 +234,15 @@ class JournalSource:
             JournalError: the journal (or directory) cannot be opened.
         """
         reader = self._new_reader()
+        try:
+            self._position_at(reader)
+        except BaseException:
+            reader.close()  # a reopen can fail at any window's end: no reader left behind
+            raise
+        self._reader = reader
+
+    def _position_at(self, reader: Any) -> None:
+        """Put a new ``reader`` where :meth:`open` says."""
         cursor = self._cursor
         if cursor is not None and cursor.startswith(REALTIME_PREFIX):
             reader.add_match(MESSAGE_ID=COREDUMP_MESSAGE_ID)
@@ -259,7 +271,6 @@ class JournalSource:
             if self._catch_up is CatchUp.BOOT:
                 reader.this_boot()
             reader.seek_head()
-        self._reader = reader
 
     @staticmethod
     def _step_back_to(reader: Any, cursor: str) -> bool:
@@ -302,6 +313,7 @@ class JournalSource:
                 if reader.test_cursor(skip):
                     continue
             self._position = raw["__CURSOR"]
+            self._position_read = True
             entries.append(raw)
         return JournalBatch(entries, at_end=False, position=self._position)
 
@@ -313,22 +325,31 @@ class JournalSource:
         ``pid`` was read (any entry with that pid: what is published is decided later, as
         always) or ``hint_window_s`` after the last hint. Call on the loop of :meth:`batches`.
         """
-        self._hint_until = asyncio.get_running_loop().time() + self.hint_window_s
+        until = asyncio.get_running_loop().time() + self.hint_window_s
+        self._hint_until = max(self._hint_until, until)
         if pid is None:
             self._hinted_blind = True
         else:
-            self._hinted.add(str(pid))
+            self._hinted[str(pid)] = until
         if self._wake is not None:
             self._wake.set()
 
     def _hint_delay(self, now: float) -> float | None:
-        """How long until the next read a hint asks for; None when none is due."""
+        """How long until the next read a hint asks for; None when none is due (and the
+        window's blind hints are forgotten)."""
         if now >= self._hint_until or not (self._hinted or self._hinted_blind):
+            self._hinted_blind = False
             return None
         return min(HINT_INTERVAL_S, self._hint_until - now)
 
     def _at_cursor(self) -> bool:
-        """Whether the position is an entry's cursor, which a reopened reader can resume at."""
+        """Whether the position is a read coredump's cursor, which a reopened reader resumes
+        at by stepping back a few coredumps (a start's tail cursor would cost a step back over
+        :data:`STEP_BACK` coredumps, then a seek)."""
+        return self._position_read and self._resumable()
+
+    def _resumable(self) -> bool:
+        """Whether the position is a cursor (not a start's wall-clock time) to reopen at."""
         return bool(self._position) and not str(self._position).startswith(REALTIME_PREFIX)
 
     def _reopen(self, fd: int, on_readable: Callable[[], None]) -> int:
@@ -342,23 +363,24 @@ class JournalSource:
         loop.add_reader(fd, on_readable)
         return fd
 
-    def _unread_after_hints(self) -> bool:
-        """Forget the hints of a window that ended; True if one named a crash whose entry was
-        not read (then the pump reads once more from a reopened reader).
+    def _unread_after_hints(self, now: float) -> bool:
+        """Forget the hinted crashes whose window ended; True if one of them was not read
+        (then the pump reads once more from a reopened reader), each on its own deadline:
+        hints that keep coming for other crashes do not hold it back.
 
         libsystemd 252 following a file journald is appending to, with a match, can report the
         end while a new entry is there, and go on doing so after journald's notification: the
         stress test (one real crash at a time, 6,000 cores in the directory) saw 1 crash in
-        400 announced only with the next crash, seconds later. A reader opened anew reads it.
-        A hint for another user's crash (a core this reader never gets the entry of) costs one
-        reopen at the window's end (~1 ms).
+        400 announced only seconds later. A reader opened anew reads it. A hint for another
+        user's crash (a core this reader never gets the entry of) costs one reopen at the end
+        of its window (~1 ms).
         """
-        missed = bool(self._hinted)
-        if missed:
-            logger.debug("hinted crashes not read, reading again: pids %s", sorted(self._hinted))
-        self._hinted.clear()
-        self._hinted_blind = False
-        return missed
+        expired = [pid for pid, until in self._hinted.items() if until <= now]
+        for pid in expired:
+            del self._hinted[pid]
+        if expired:
+            logger.debug("hinted crashes not read, reading again: pids %s", sorted(expired))
+        return bool(expired)
 
     async def batches(self) -> AsyncIterator[JournalBatch]:
         """Yield batches forever: the backlog first, then live entries as journald appends them."""
@@ -387,7 +409,8 @@ class JournalSource:
                 batch = self._read_batch()
                 read += len(batch.entries)
                 if self._hinted:
-                    self._hinted.difference_update(e.get("COREDUMP_PID", "") for e in batch.entries)
+                    for e in batch.entries:
+                        self._hinted.pop(e.get("COREDUMP_PID", ""), None)
                 yield batch
                 if not batch.at_end:
                     continue
@@ -396,7 +419,7 @@ class JournalSource:
                     # Once, at the end of the catch-up, and only if it read anything: a reopen
                     # later would hold a live crash back (the journal-remote latency
                     # benchmark's second crash waited 10 ms for it).
-                    if read and self._at_cursor():
+                    if read and self._resumable():
                         # The catch-up mapped windows of every journal file it read (hundreds
                         # of MB of page cache counted in our RSS for a long journal). A reader
                         # reopened at the position maps only what following needs. Entries
@@ -404,6 +427,10 @@ class JournalSource:
                         fd = self._reopen(fd, on_readable)
                         release_free_memory()  # what the catch-up's objects occupied
                         continue
+                if self._unread_after_hints(loop.time()) and self._at_cursor():
+                    self.hint_reopens += 1
+                    fd = self._reopen(fd, on_readable)
+                    continue
                 delay = self._hint_delay(loop.time())
                 if delay is not None:
                     try:
@@ -411,10 +438,6 @@ class JournalSource:
                             await wake.wait()
                     except TimeoutError:
                         self.hint_reads += 1
-                    continue
-                if self._unread_after_hints() and self._at_cursor():
-                    self.hint_reopens += 1
-                    fd = self._reopen(fd, on_readable)
                     continue
                 if timeout_us is None:
                     await wake.wait()

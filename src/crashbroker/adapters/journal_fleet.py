@@ -121,6 +121,13 @@ class FleetSource(JournalSource):
         values = journal._Reader.query_unique(self._reader, "_MACHINE_ID")
         return sorted((machine_key(v), v) for v in values if isinstance(v, bytes))
 
+    def _unread_after_hints(self, now: float) -> bool:
+        """Never a reopen for an unread hinted crash here: hints name this machine's crashes,
+        whose entries reach the directory by upload (or never), and a reopen re-places every
+        machine's reader; the race it works around (JournalSource) is the local journal's."""
+        super()._unread_after_hints(now)
+        return False
+
     def _read_batch(self) -> JournalBatch:
         """The next batch of the pass over the machines; ``at_end`` after a pass that found
         nothing.
