@@ -299,13 +299,19 @@ class JournalSource:
             self._reader = None
 
     def _read_batch(self) -> JournalBatch:
+        entries, at_end = self._read_entries()
+        return JournalBatch(entries, at_end=at_end, position=self._position)
+
+    def _read_entries(self) -> tuple[list[dict[str, str]], bool]:
+        """The next entries from where the reader is (up to the batch's count and bytes, the
+        entry at a seeked cursor skipped), the position moved to the last; True at the end."""
         reader = self._reader
         entries: list[dict[str, str]] = []
         size = 0
         while len(entries) < self._batch and size < self._batch_bytes:
             read = _next_fields(reader)
             if read is None:
-                return JournalBatch(entries, at_end=True, position=self._position)
+                return entries, True
             raw, entry_bytes = read
             size += entry_bytes
             if self._skip_cursor is not None:
@@ -315,7 +321,7 @@ class JournalSource:
             self._position = raw["__CURSOR"]
             self._position_read = True
             entries.append(raw)
-        return JournalBatch(entries, at_end=False, position=self._position)
+        return entries, False
 
     def read_soon(self, pid: int | None = None) -> None:
         """An entry is imminent (a core or KCrash file arrived): read now and shortly after.

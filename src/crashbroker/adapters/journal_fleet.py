@@ -31,7 +31,6 @@ from crashbroker.adapters.journal import (
     REALTIME_PREFIX,
     JournalBatch,
     JournalSource,
-    _next_fields,
 )
 from crashbroker.domain.cursor import CatchUp
 from crashbroker.domain.errors import JournalError
@@ -165,27 +164,14 @@ class FleetSource(JournalSource):
 
     def _read_machine(self, key: str, value: bytes) -> JournalBatch | None:
         """The next entries of one machine; a position to store; None when it has no more."""
-        reader = self._reader
         if self._current != key:
             placed = self._place(key, value)
             self._current = key
             if placed is not None:
                 return JournalBatch([], at_end=False, position=placed, machine=key)
-        entries: list[dict[str, str]] = []
-        size = 0
-        while len(entries) < self._batch and size < self._batch_bytes:
-            read = _next_fields(reader)
-            if read is None:
-                break
-            raw, entry_bytes = read
-            size += entry_bytes
-            if self._skip_cursor is not None:
-                skip, self._skip_cursor = self._skip_cursor, None
-                if reader.test_cursor(skip):
-                    continue
-            self._positions[key] = self._position = raw["__CURSOR"]
-            entries.append(raw)
+        entries, _ = self._read_entries()
         if entries:
+            self._positions[key] = str(self._position)
             return JournalBatch(entries, at_end=False, position=self._position, machine=key)
         if key in self._boot_tail:  # the first pass of this boot's entries is done
             tail = self._boot_tail.pop(key)
