@@ -596,6 +596,21 @@ def written_at_crash(path: Path, entry: export_format.Entry) -> Path:
     return path
 
 
+async def cli(address: str | None, *args: str) -> tuple[int, str, str]:
+    """``crashbroker ARGS`` on the bus at ``address`` (None: no session bus at all); its exit
+    status, stdout and stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "DBUS_SESSION_BUS_ADDRESS"}
+    if address is not None:
+        env["DBUS_SESSION_BUS_ADDRESS"] = address
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crashbroker", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 def variant_filter(**kw: Any) -> dict[str, Variant]:
     sigs = {bool: "b", str: "s", int: "t"}
     out = {}

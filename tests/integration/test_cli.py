@@ -11,20 +11,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from conftest import Daemon, RemoteJournal, written_at_crash
-
-
-async def cli(address: str | None, *args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DBUS_SESSION_BUS_ADDRESS"}
-    if address is not None:
-        env["DBUS_SESSION_BUS_ADDRESS"] = address
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "crashbroker", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from conftest import Daemon, RemoteJournal, cli, written_at_crash
 
 
 async def test_list_show_dismiss(daemon: Daemon, remote_journal: RemoteJournal):

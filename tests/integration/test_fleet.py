@@ -9,15 +9,12 @@ entry older than where it is: a machine's late upload was never read, live or af
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 import time
 import uuid
 from pathlib import Path
 
-from conftest import Daemon, RemoteJournal, variant_filter
+from conftest import Daemon, RemoteJournal, cli, variant_filter
 from export_format import Entry
 
 HOUR_US = 3_600_000_000
@@ -68,17 +65,6 @@ class Machine:
 
     def close(self) -> None:
         self.writer.close()
-
-
-async def cli(address: str, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": address}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "crashbroker", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def listed_pids(daemon: Daemon, **flt: object) -> list[int]:

@@ -4,25 +4,11 @@ counts the rest, starts again without choking, and the CLI prints no terminal es
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 
-from conftest import Daemon, RemoteJournal
+from conftest import Daemon, RemoteJournal, cli
 
 OSC52 = "\x1b]52;c;cHduZWQ=\x07"  # "write 'pwned' to the clipboard", ended by BEL
-
-
-async def cli(address: str, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": address}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "crashbroker", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def hostile_batch(rj: RemoteJournal) -> tuple[list[dict[str, bytes]], list[int], int]:
