@@ -32,6 +32,7 @@ from bench.harness import (
     Entries,
     Remote,
     Work,
+    export_format,
     percentile,
     run_timed,
     wait_asleep,
@@ -483,20 +484,10 @@ async def storm(args: argparse.Namespace) -> None:
     )
 
 
-def maps_text(size: int) -> bytes:
-    """``size`` bytes of /proc/PID/maps-like lines (compressible like real maps)."""
-    lines = (
-        f"7f{i:010x}000-7f{i:010x}fff r-xp 00000000 fe:01 {1000 + i} "
-        f"/usr/lib/x86_64-linux-gnu/libmodule{i % 997}.so.{i % 7}\n".encode()
-        for i in range(size // 60)
-    )
-    return b"".join(lines)[:size]
-
-
 async def memory(args: argparse.Namespace) -> None:
     """Peak RSS of a catch-up of 64 coredump entries, with their usual small fields and with
     4 MB ``COREDUMP_PROC_MAPS`` and ``COREDUMP_PROC_MOUNTINFO`` (issue 14: 541 MB before)."""
-    big = maps_text(4 << 20)
+    big = export_format.maps_text(4 << 20)
     kf5 = b"7f1c2d000000-7f1c2d001000 r-xp 00000000 fe:01 42 /usr/lib/libKF5Crash.so.5.103.0\n"
     peaks: dict[bool, float] = {}
     for with_big in (False, True):

@@ -54,3 +54,14 @@ def serialize(entries: Iterable[Entry]) -> bytes:
                 out += key.encode() + b"=" + value + b"\n"
         out += b"\n"
     return bytes(out)
+
+
+def maps_text(size: int) -> bytes:
+    """A field value for big-entry tests and the memory bench: ``size`` bytes of
+    /proc/PID/maps-like lines (as compressible as real maps)."""
+    lines = (
+        f"7f{i:010x}000-7f{i:010x}fff r-xp 00000000 fe:01 {1000 + i} "
+        f"/usr/lib/x86_64-linux-gnu/libmodule{i % 997}.so.{i % 7}\n".encode()
+        for i in range(size // 60)
+    )
+    return b"".join(lines)[:size]

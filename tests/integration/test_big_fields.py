@@ -27,17 +27,7 @@ KF5_FRAME = (
 )
 
 
-def maps_text(size: int) -> bytes:
-    """``size`` bytes of /proc/PID/maps-like lines (as compressible as real maps)."""
-    lines = (
-        f"7f{i:010x}000-7f{i:010x}fff r-xp 00000000 fe:01 {1000 + i} "
-        f"/usr/lib/x86_64-linux-gnu/libmodule{i % 997}.so.{i % 7}\n".encode()
-        for i in range(size // 60)
-    )
-    return b"".join(lines)[:size]
-
-
-BIG = maps_text(4 * MIB)
+BIG = export_format.maps_text(4 * MIB)
 
 
 def big_entry(rj: RemoteJournal, *, maps_tail: bytes = b"", **overrides: Any) -> dict[str, bytes]:

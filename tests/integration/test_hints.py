@@ -9,6 +9,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from conftest import Daemon, RemoteJournal
 from crashbroker.adapters.hints import HintWatcher, core_hint, kcrash_hint
@@ -37,14 +38,24 @@ async def quiet_source(rj: RemoteJournal) -> tuple[JournalSource, AsyncIterator[
     return source, batches
 
 
+async def cancelled(task: asyncio.Future[Any]) -> None:
+    """``task`` cancelled and awaited."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def closed(source: JournalSource, batches: AsyncIterator[JournalBatch]) -> None:
+    await batches.aclose()  # type: ignore[attr-defined]
+    source.close()
+
+
 async def assert_quiet(batches: AsyncIterator[JournalBatch], seconds: float) -> None:
     """Nothing makes the pump yield a batch for ``seconds``."""
     pending = asyncio.ensure_future(anext(batches))
     await asyncio.sleep(seconds)
     assert not pending.done()
-    pending.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await pending
+    await cancelled(pending)
 
 
 async def test_a_hint_reads_an_entry_whose_notification_never_comes(
@@ -71,8 +82,7 @@ async def test_a_hint_reads_an_entry_whose_notification_never_comes(
         await assert_quiet(batches, 20 * HINT_INTERVAL_S)
         assert source.hint_reads == reads
     finally:
-        await batches.aclose()  # type: ignore[attr-defined]
-        source.close()
+        await closed(source, batches)
 
 
 async def test_a_hinted_entry_the_reader_does_not_report_is_read_by_a_reopened_reader(
@@ -102,8 +112,7 @@ async def test_a_hinted_entry_the_reader_does_not_report_is_read_by_a_reopened_r
         await assert_quiet(batches, 0.3)
         assert source.hint_reopens == 1
     finally:
-        await batches.aclose()  # type: ignore[attr-defined]
-        source.close()
+        await closed(source, batches)
 
 
 async def test_a_missed_crash_is_read_again_at_its_own_deadline_while_hints_go_on(
@@ -133,11 +142,8 @@ async def test_a_missed_crash_is_read_again_at_its_own_deadline_while_hints_go_o
         assert read == [str(pid)]
         assert not flood.done()  # read while the other hints still came
     finally:
-        flood.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flood
-        await batches.aclose()  # type: ignore[attr-defined]
-        source.close()
+        await cancelled(flood)
+        await closed(source, batches)
 
 
 async def test_fleet_mode_never_reopens_for_a_hint(remote_journal: RemoteJournal) -> None:
@@ -160,13 +166,10 @@ async def test_fleet_mode_never_reopens_for_a_hint(remote_journal: RemoteJournal
         assert "4000000" in source._hinted  # taken, with its window
         await asyncio.sleep(0.3)
         assert not pump.done()
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
+        await cancelled(pump)
         assert source.hint_reopens == 0 and not source._hinted  # forgotten, no reopen
     finally:
-        await batches.aclose()  # type: ignore[attr-defined]
-        source.close()
+        await closed(source, batches)
 
 
 async def test_a_hint_without_a_pid_rereads_only_within_its_window(
@@ -184,11 +187,8 @@ async def test_a_hint_without_a_pid_rereads_only_within_its_window(
         await asyncio.sleep(0.3)
         assert source.hint_reads == reads  # the window closed: quiet again
     finally:
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump
-        await batches.aclose()  # type: ignore[attr-defined]
-        source.close()
+        await cancelled(pump)
+        await closed(source, batches)
 
 
 async def _drain(batches: AsyncIterator[JournalBatch]) -> None:
@@ -243,9 +243,7 @@ async def test_the_watcher_hints_final_core_names_and_kcrash_files(tmp_path: Pat
         assert got == [4242, None, 77, 77]
         assert watcher.hints == 4
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancelled(task)
         watcher.close()
 
 
